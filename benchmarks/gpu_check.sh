@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU checks for the monitor, as one short script (a few minutes on one H100/H200):
+#   1. the CUDA tests (accumulation on the device against the float64 CPU reference) and the Trainer tests;
+#   2. the overhead table on the GPU (bf16 autocast).
+# On a machine without the package's dependencies installed, carry Lightly as a wheel in .whl/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpu-check}"; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, lightning, torchmetrics; print('torch', torch.__version__, 'lightning', lightning.__version__, 'torchmetrics', torchmetrics.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_spectrum.py tests/test_monitor.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+python3 benchmarks/overhead.py --device cuda --steps "${STEPS:-200}" --rounds "${ROUNDS:-5}" 2>&1 \
+  | grep -E '^\||^machine|^model|^per round' | tee "$OUT/overhead_gpu.txt"

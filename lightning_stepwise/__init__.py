@@ -1,0 +1,23 @@
+"""lightning-stepwise: see the stepwise learning of self-supervised models in your Lightning runs.
+
+Example:
+    >>> from lightning_stepwise import StepwiseMonitor
+    >>> monitor = StepwiseMonitor(every_n_steps=25)
+"""
+
+from lightning_stepwise.callbacks import StepwiseMonitor, StepwiseWarning
+from lightning_stepwise.capture import NoEmbeddingFoundError
+from lightning_stepwise.report import load_spectrum, save_spectrum
+from lightning_stepwise.spectrum import covariance_eigenvalues, summarize_spectrum
+
+__all__ = [
+    "NoEmbeddingFoundError",
+    "StepwiseMonitor",
+    "StepwiseWarning",
+    "covariance_eigenvalues",
+    "load_spectrum",
+    "save_spectrum",
+    "summarize_spectrum",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,535 @@
+"""Lightning callbacks: thin glue between a Trainer and the capture / spectrum / history modules."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.callbacks import Callback as _LightningCallback
+from torch import Tensor
+
+from lightning_stepwise.capture import (
+    EmbeddingTap,
+    TrackingPoint,
+    find_tracking_points,
+    to_embedding_rows,
+)
+from lightning_stepwise.history import SpectrumHistory
+from lightning_stepwise.report import save_spectrum
+from lightning_stepwise.spectrum import (
+    CovarianceMoments,
+    CovarianceRows,
+    summarize_spectrum,
+    uses_gram_route,
+)
+
+try:  # Lightly's examples use the `pytorch_lightning` namespace; its Trainer checks its own base class.
+    from pytorch_lightning.callbacks import Callback as _PLCallback
+
+    _CALLBACK_BASES: tuple[type, ...] = (_LightningCallback, _PLCallback)
+except ImportError:  # pragma: no cover - pytorch_lightning is a dependency of lightly
+    _CALLBACK_BASES = (_LightningCallback,)
+
+__all__ = ["StepwiseMonitor", "StepwiseWarning"]
+
+EmbeddingFn = Callable[[Any, Any], Tensor]
+_STATE_VERSION = 1
+
+
+class StepwiseWarning(UserWarning):
+    """Problems the monitor skipped over instead of interrupting training."""
+
+
+@dataclass
+class _Point:
+    """Per tracking point: its hook, its history and the accumulator of the open window."""
+
+    point: TrackingPoint
+    tap: EmbeddingTap
+    normalize: bool
+    history: SpectrumHistory
+    dim: int | None = None
+    accumulator: CovarianceMoments | CovarianceRows | None = None
+    batches_needed: int = 0
+    batches_accumulated: int = 0
+
+
+@dataclass
+class _Window:
+    """A measurement in progress: opened at ``step``, closed once enough samples are in."""
+
+    step: int
+    epoch: int
+    time: float
+    lr: float
+    batches: int = 0
+    loss_sum: Tensor | None = None
+    loss_count: int = 0
+    partial_measurement: int | None = None
+
+
+def _current_lr(trainer: Any) -> float:
+    try:
+        return float(trainer.optimizers[0].param_groups[0]["lr"])
+    except (IndexError, KeyError, AttributeError, TypeError):
+        return math.nan
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return loss.detach().reshape(()).to(torch.float64)
+    return None
+
+
+class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
+    """Track the covariance eigenvalues of a module's embeddings during training.
+
+    Works with an unchanged Lightly or plain Lightning SSL module, under ``lightning.pytorch`` and
+    ``pytorch_lightning`` Trainers. Every ``every_n_steps`` optimizer steps a measurement window opens;
+    the embeddings of the following training batches are accumulated (float64) until ``window``
+    samples are in (all ranks together), then the eigenvalues of their covariance are recorded,
+    logged and kept in :attr:`history`. At fit end ``spectrum.npz`` and ``spectrum.csv`` are written
+    to ``dirpath`` (default ``<trainer.log_dir>/stepwise``).
+
+    Args:
+        module: dotted path of the submodule to track (its output, or its inputs when it is a
+            ``lightly.loss`` loss), or a list of paths to track several points. ``None``: auto-detect
+            (the inputs of a Lightly loss, else ``projection_head``, else ``backbone``).
+        embedding_fn: ``embedding_fn(pl_module, batch) -> Tensor`` instead of a hook; called under
+            ``no_grad`` before the training step, with the RNG and the module's buffers restored after.
+        normalize: L2-normalise each embedding before the covariance. ``None``: do what the hooked
+            loss does (True for NT-Xent, DCL, ... inputs; False otherwise).
+        every_n_steps: optimizer steps between the starts of two measurements.
+        window: samples (embedding rows, all views and ranks together) per measurement.
+        top_k: eigenvalues kept per measurement (the summaries use all of them).
+        log_top_k: leading eigenvalues also sent to the loggers as scalars.
+        max_history: rows kept in memory; beyond it the history thins itself evenly.
+        dirpath: folder for the files; default ``<trainer.log_dir>/stepwise``.
+        name: prefix of logged metric names.
+        prog_bar: show the effective rank in the progress bar.
+        strict: raise instead of warning and skipping on bad embeddings.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> monitor = StepwiseMonitor(every_n_steps=10, window=512)
+        >>> trainer = pl.Trainer(callbacks=[monitor], max_steps=100, logger=False)  # doctest: +SKIP
+        >>> trainer.fit(model, dataloader)                                          # doctest: +SKIP
+        >>> monitor.history["eigenvalues"].shape                                    # doctest: +SKIP
+        (10, 64)
+    """
+
+    def __init__(
+        self,
+        module: str | Sequence[str] | None = None,
+        *,
+        embedding_fn: EmbeddingFn | None = None,
+        normalize: bool | None = None,
+        every_n_steps: int = 50,
+        window: int = 1024,
+        top_k: int = 256,
+        log_top_k: int = 16,
+        max_history: int = 10_000,
+        dirpath: str | os.PathLike[str] | None = None,
+        name: str = "stepwise",
+        prog_bar: bool = True,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        for arg, value, low in (("every_n_steps", every_n_steps, 1), ("window", window, 2),
+                                ("top_k", top_k, 1), ("log_top_k", log_top_k, 0), ("max_history", max_history, 2)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"StepwiseMonitor: {arg} must be an integer >= {low}, got {value!r}")
+        if module is not None and embedding_fn is not None:
+            raise ValueError("StepwiseMonitor: give either `module` or `embedding_fn`, not both")
+        if embedding_fn is not None and not callable(embedding_fn):
+            raise TypeError("StepwiseMonitor: embedding_fn must be callable as embedding_fn(pl_module, batch)")
+        self.module = module
+        self.embedding_fn = embedding_fn
+        self.normalize = normalize
+        self.every_n_steps = every_n_steps
+        self.window = window
+        self.top_k = top_k
+        self.log_top_k = log_top_k
+        self.max_history = max_history
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.name = name
+        self.prog_bar = prog_bar
+        self.strict = strict
+
+        #: Batches whose embeddings were skipped because they were not finite (all ranks).
+        self.skipped_batches = 0
+        #: Folder the files were written to, once written.
+        self.output_dir: Path | None = None
+        self._points: list[_Point] = []
+        self._window: _Window | None = None
+        self._time = 0.0
+        self._counted_step = 0
+        self._lr = math.nan
+        self._measurements = 0
+        self._last_opened_step = -1
+        self._warned: set[str] = set()
+        self._pending_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ public records
+
+    @property
+    def state_key(self) -> str:
+        spec = "embedding_fn" if self.embedding_fn is not None else self.module
+        return self._generate_state_key(module=spec, name=self.name)
+
+    @property
+    def history(self) -> dict[str, np.ndarray]:
+        """The first tracking point's measurements as NumPy arrays.
+
+        Keys: ``step``, ``epoch``, ``time`` (sum of the learning rate over the steps taken),
+        ``lr_x_step``, ``lr``, ``samples``, ``loss``, ``trace``, ``effective_rank``,
+        ``participation_ratio``, ``measurement`` and ``eigenvalues`` (rows x k, descending).
+        """
+        if not self._points:
+            return SpectrumHistory().as_arrays()
+        return self._points[0].history.as_arrays()
+
+    @property
+    def histories(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every tracking point's history, by point name."""
+        return {p.point.name: p.history.as_arrays() for p in self._points}
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or self._points:
+            return
+        if self.embedding_fn is not None:
+            points = [TrackingPoint("embedding_fn", "embedding_fn")]
+        else:
+            points = find_tracking_points(pl_module, self.module)
+        self._points = [
+            _Point(
+                point=p,
+                tap=EmbeddingTap(p).attach(),
+                normalize=self.normalize if self.normalize is not None else p.loss_normalizes,
+                history=SpectrumHistory(self.max_history),
+            )
+            for p in points
+        ]
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            for p in self._points:
+                p.tap.remove()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        for p in self._points:
+            p.tap.attach()  # again after a teardown, when the same monitor fits twice
+            rank_zero_info(
+                f"StepwiseMonitor: tracking {p.point.describe()}"
+                f"{', L2-normalised' if p.normalize else ''}; a spectrum every {self.every_n_steps} steps "
+                f"over {self.window} samples."
+            )
+
+    # ------------------------------------------------------------------ per batch
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._lr = _current_lr(trainer)
+        step = trainer.global_step
+        if self._window is None and step % self.every_n_steps == 0 and step != self._last_opened_step:
+            self._last_opened_step = step
+            self._window = _Window(step=step, epoch=trainer.current_epoch, time=self._time,
+                                   lr=self._lr)
+        if self._window is None:
+            return
+        for p in self._points:
+            p.tap.active = True
+        if self.embedding_fn is not None:
+            self._call_embedding_fn(pl_module, batch)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step > self._counted_step:
+            self._time += self._lr * (trainer.global_step - self._counted_step)
+            self._counted_step = trainer.global_step
+        window = self._window
+        if window is None:
+            return
+        window.batches += 1
+        loss = _loss_of(outputs)
+        if loss is not None:
+            window.loss_sum = loss if window.loss_sum is None else window.loss_sum + loss
+            window.loss_count += 1
+        for p in self._points:
+            p.tap.active = False
+            self._accumulate(trainer, p)
+        steps_open = trainer.global_step - window.step
+        if steps_open >= self.every_n_steps or all(
+            p.accumulator is not None and p.batches_accumulated >= p.batches_needed for p in self._points
+        ):
+            self._close_window(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # Record a window the run ended in the middle of, but keep it open in the state: a run
+        # resumed from a checkpoint taken now completes it instead of leaving a gap.
+        if self._window is not None and any(p.accumulator is not None for p in self._points):
+            self._close_window(trainer, pl_module, keep_open=True)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._write_files(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        try:
+            self._write_files(trainer)
+        except Exception as err:  # never mask the user's exception with ours
+            warnings.warn(f"StepwiseMonitor could not save its files: {err}", StepwiseWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------ internals
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if self.strict:
+            raise RuntimeError(f"StepwiseMonitor (strict=True): {message}")
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"StepwiseMonitor: {message} (warned once)", StepwiseWarning, stacklevel=3)
+
+    def _call_embedding_fn(self, pl_module: Any, batch: Any) -> None:
+        assert self.embedding_fn is not None
+        buffers = [b.detach().clone() for b in pl_module.buffers()]
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                out = self.embedding_fn(pl_module, batch)
+        except Exception as err:
+            if self.strict:
+                raise
+            self._warn_once("embedding_fn", f"embedding_fn raised {type(err).__name__}: {err}; batch skipped")
+            return
+        finally:
+            with torch.no_grad():
+                for b, saved in zip(pl_module.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+        if isinstance(out, Tensor):
+            self._points[0].tap.add([out])
+        else:
+            self._warn_once("embedding_fn_type", f"embedding_fn returned {type(out).__name__}, not a Tensor")
+
+    def _accumulate(self, trainer: Any, p: _Point) -> None:
+        # Counted whether or not this rank captured anything, so every rank closes the window together.
+        if p.accumulator is not None:
+            p.batches_accumulated += 1
+        rows, problems = to_embedding_rows(p.tap.take())
+        for key, message in problems:
+            if key == "no_rows" and p.dim is not None:
+                message = f"{p.point.describe()} produced no embeddings in a training step"
+            self._warn_once(f"{p.point.name}:{key}", f"{p.point.name}: {message}")
+        if rows is None:
+            if p.dim is None or p.accumulator is not None:
+                return
+            # This rank has nothing but others may: it must still join the start-of-window reduce.
+            rows = torch.zeros(0, p.dim, device=self._device_of(p))
+        if p.dim is not None and rows.shape[1] != p.dim:
+            self._warn_once(f"{p.point.name}:dim", f"{p.point.name}: embedding width changed from "
+                            f"{p.dim} to {rows.shape[1]}; batch skipped")
+            return
+        p.dim = rows.shape[1]
+        rows = rows.to(torch.float64)
+        if p.normalize:
+            rows = torch.nn.functional.normalize(rows, dim=1)
+        if self.strict and not bool(torch.isfinite(rows).all()):
+            raise RuntimeError(f"StepwiseMonitor (strict=True): non-finite embeddings at {p.point.describe()}")
+        if p.accumulator is None:
+            self._start_accumulator(trainer, p, rows)
+            return
+        p.accumulator.update(rows)
+
+    @staticmethod
+    def _device_of(p: _Point) -> torch.device:
+        module = p.point.module
+        if module is not None:
+            for tensor in (*module.parameters(), *module.buffers()):
+                return tensor.device
+        return torch.device("cpu")
+
+    def _start_accumulator(self, trainer: Any, p: _Point, rows: Tensor) -> None:
+        """First usable batch of a window: agree on a shift and a batch count across ranks."""
+        finite = bool(torch.isfinite(rows).all())
+        local = torch.zeros(1 + rows.shape[1], dtype=torch.float64, device=rows.device)
+        if finite and rows.shape[0] > 0:
+            local[0] = rows.shape[0]
+            local[1:] = rows.sum(0)
+        total = trainer.strategy.reduce(local, reduce_op="sum")
+        global_rows = float(total[0])
+        if not finite:
+            self._count_skipped(1)
+        if global_rows == 0:
+            return
+        if uses_gram_route(self.window, p.dim or rows.shape[1]):
+            p.accumulator = CovarianceRows(rows.shape[1]).to(rows.device)
+        else:
+            p.accumulator = CovarianceMoments(rows.shape[1], shift=total[1:] / global_rows).to(rows.device)
+        p.batches_needed = math.ceil(self.window / global_rows)
+        p.batches_accumulated = 1
+        if finite and rows.shape[0] > 0:
+            p.accumulator.update(rows)
+
+    def _count_skipped(self, batches: int) -> None:
+        self.skipped_batches += batches
+        self._warn_once("non_finite", "non-finite embeddings; those batches are skipped "
+                        "(see monitor.skipped_batches)")
+
+    def _close_window(self, trainer: Any, pl_module: Any, keep_open: bool = False) -> None:
+        window = self._window
+        assert window is not None
+        measurement = self._measurements
+        if window.partial_measurement is not None:  # recorded partially at a fit end: replace that row
+            for p in self._points:
+                p.history.drop_measurement(measurement)
+        mean_loss = math.nan
+        if window.loss_count:
+            local_loss = window.loss_sum / window.loss_count
+            mean_loss = float(trainer.strategy.reduce(local_loss, reduce_op="mean"))
+        logged: dict[str, float] = {}
+        for i, p in enumerate(self._points):
+            if p.accumulator is None:
+                self._warn_once(f"{p.point.name}:empty_window",
+                                f"no usable embeddings (none captured, or all non-finite) at {p.point.describe()} "
+                                f"in the measurement window at step {window.step}; no spectrum recorded")
+                continue
+            eigenvalues, samples, skipped = p.accumulator.compute()
+            eigenvalues = eigenvalues.reshape(-1)  # torchmetrics squeezes a width-1 result to 0-d
+            skipped_now = int(skipped)
+            if not keep_open:
+                p.accumulator = None
+            if skipped_now:
+                self._count_skipped(skipped_now)
+            if float(samples) < 2:
+                self._warn_once(f"{p.point.name}:too_few", f"fewer than 2 usable samples in the window at "
+                                f"step {window.step}; no spectrum recorded")
+                continue
+            summary = summarize_spectrum(eigenvalues)
+            top = eigenvalues[: self.top_k].cpu().numpy()
+            p.history.append(
+                measurement=measurement, eigenvalues=top, step=window.step, epoch=window.epoch,
+                time=window.time, lr=window.lr, lr_x_step=window.lr * window.step,
+                samples=int(samples), loss=mean_loss, trace=summary.trace,
+                effective_rank=summary.effective_rank, participation_ratio=summary.participation_ratio,
+            )
+            prefix = self.name if len(self._points) == 1 else f"{self.name}/{p.point.name}"
+            logged[f"{prefix}/effective_rank"] = summary.effective_rank
+            logged[f"{prefix}/participation_ratio"] = summary.participation_ratio
+            logged[f"{prefix}/trace"] = summary.trace
+            for k in range(min(self.log_top_k, len(top))):
+                logged[f"{prefix}/eigenvalue_{k:03d}"] = float(top[k])
+            if i == 0 and self.prog_bar and not keep_open:
+                pl_module.log(f"{self.name}/erank", summary.effective_rank, prog_bar=True, logger=False,
+                              on_step=True, on_epoch=False, batch_size=1)
+        if logged:
+            for logger in trainer.loggers:
+                logger.log_metrics(logged, step=window.step)
+        if keep_open:
+            window.partial_measurement = measurement
+        else:
+            self._window = None
+            self._measurements = measurement + 1
+
+    def _write_files(self, trainer: Any) -> None:
+        if not self._points or not trainer.is_global_zero:
+            return
+        directory = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "stepwise"
+        for p in self._points:
+            stem = "spectrum" if len(self._points) == 1 else f"spectrum_{p.point.name}"
+            save_spectrum(p.history.as_arrays(), directory, stem=stem)
+        self.output_dir = directory
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> dict[str, Any]:
+        window = self._window
+        return {
+            "version": _STATE_VERSION,
+            "time": self._time,
+            "counted_step": self._counted_step,
+            "measurements": self._measurements,
+            "last_opened_step": self._last_opened_step,
+            "skipped_batches": self.skipped_batches,
+            "points": {p.point.name: self._point_state(p) for p in self._points},
+            "window": None if window is None else {
+                "step": window.step, "epoch": window.epoch, "time": window.time, "lr": window.lr,
+                "batches": window.batches, "loss_count": window.loss_count,
+                "loss_sum": None if window.loss_sum is None else float(window.loss_sum),
+                "partial_measurement": window.partial_measurement,
+            },
+        }
+
+    @staticmethod
+    def _point_state(p: _Point) -> dict[str, Any]:
+        state: dict[str, Any] = {"history": p.history.state_dict(), "dim": p.dim,
+                                 "batches_needed": p.batches_needed,
+                                 "batches_accumulated": p.batches_accumulated, "accumulator": None}
+        acc = p.accumulator
+        if acc is not None:
+            states = {k: ([t.cpu() for t in v] if isinstance(v, list) else v.cpu())
+                      for k, v in acc.metric_state.items()}
+            shift = acc.shift.cpu() if isinstance(acc, CovarianceMoments) else None
+            state["accumulator"] = {"kind": type(acc).__name__, "states": states, "shift": shift}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._points:
+            self._apply_state(state_dict)
+        else:  # restored before setup: apply once the tracking points exist
+            self._pending_state = dict(state_dict)
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            self._warn_once("state_version", f"checkpoint state version {state.get('version')} is not "
+                            f"{_STATE_VERSION}; starting a fresh history")
+            return
+        self._time = float(state["time"])
+        self._counted_step = int(state["counted_step"])
+        self._measurements = int(state["measurements"])
+        self._last_opened_step = int(state["last_opened_step"])
+        self.skipped_batches = int(state["skipped_batches"])
+        saved_points = state["points"]
+        for p in self._points:
+            saved = saved_points.get(p.point.name)
+            if saved is None:
+                self._warn_once("state_points", f"the checkpoint has no history for `{p.point.name}` "
+                                f"(it has {sorted(saved_points)}); that point starts fresh")
+                continue
+            p.history.load_state_dict(saved["history"])
+            p.dim = saved["dim"]
+            p.batches_needed = int(saved["batches_needed"])
+            p.batches_accumulated = int(saved["batches_accumulated"])
+            p.accumulator = self._restore_accumulator(saved["accumulator"], p.dim)
+        w = state["window"]
+        self._window = None if w is None else _Window(
+            step=int(w["step"]), epoch=int(w["epoch"]), time=float(w["time"]), lr=float(w["lr"]),
+            batches=int(w["batches"]), loss_count=int(w["loss_count"]),
+            loss_sum=None if w["loss_sum"] is None else torch.tensor(w["loss_sum"], dtype=torch.float64),
+            partial_measurement=w["partial_measurement"],
+        )
+
+    @staticmethod
+    def _restore_accumulator(
+        saved: Mapping[str, Any] | None, dim: int | None
+    ) -> CovarianceMoments | CovarianceRows | None:
+        if saved is None or dim is None:
+            return None
+        acc: CovarianceMoments | CovarianceRows
+        if saved["kind"] == "CovarianceMoments":
+            acc = CovarianceMoments(dim, shift=saved["shift"])
+        else:
+            acc = CovarianceRows(dim)
+        for key, value in saved["states"].items():
+            setattr(acc, key, list(value) if isinstance(value, list) else value.clone())
+        acc._update_count = 1  # torchmetrics warns on compute() of a metric it thinks was never updated
+        return acc

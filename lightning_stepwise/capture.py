@@ -1,0 +1,311 @@
+"""Finding and hooking the embeddings of a LightningModule without changing its code.
+
+Auto-detection order (the first that exists wins):
+
+1. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
+2. the output of a submodule named ``projection_head``;
+3. the output of a submodule named ``backbone`` (flattened).
+
+Hooks only copy detached tensors while a measurement window is open; they never change inputs or
+outputs, so no gradient flows through the capture and training is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "EmbeddingTap",
+    "NoEmbeddingFoundError",
+    "TrackingPoint",
+    "find_tracking_points",
+    "flatten_tensors",
+    "is_lightly_loss",
+    "loss_normalizes_inputs",
+    "to_embedding_rows",
+]
+
+Source = Literal["loss_inputs", "module_output", "embedding_fn"]
+
+# Lightly losses that L2-normalise their inputs before comparing them (checked along the MRO, so
+# subclasses such as DirectCLRLoss(NTXentLoss) count too).
+_NORMALIZING_LOSSES = frozenset(
+    {
+        "NTXentLoss",
+        "DCLLoss",
+        "DCLWLoss",
+        "HypersphereLoss",
+        "NegativeCosineSimilarity",
+        "TiCoLoss",
+        "MACLLoss",
+        "MSNLoss",
+    }
+)
+_AUTO_MODULE_NAMES = ("projection_head", "backbone")
+
+
+class NoEmbeddingFoundError(ValueError):
+    """Raised at fit start when the monitor cannot tell where the embeddings are."""
+
+
+def is_lightly_loss(module: nn.Module) -> bool:
+    """Whether ``module`` is a loss from ``lightly.loss``.
+
+    Example:
+        >>> from lightly.loss import BarlowTwinsLoss
+        >>> is_lightly_loss(BarlowTwinsLoss()), is_lightly_loss(torch.nn.MSELoss())
+        (True, False)
+    """
+    return type(module).__module__.startswith("lightly.loss")
+
+
+def loss_normalizes_inputs(module: nn.Module) -> bool:
+    """Whether ``module`` is a Lightly loss that L2-normalises its inputs (NT-Xent, DCL, ...).
+
+    Example:
+        >>> from lightly.loss import BarlowTwinsLoss, NTXentLoss
+        >>> loss_normalizes_inputs(NTXentLoss()), loss_normalizes_inputs(BarlowTwinsLoss())
+        (True, False)
+    """
+    return is_lightly_loss(module) and any(c.__name__ in _NORMALIZING_LOSSES for c in type(module).__mro__)
+
+
+@dataclass(frozen=True)
+class TrackingPoint:
+    """One place where embeddings are captured.
+
+    ``name`` is the dotted module path (``"criterion"``, ``"model.projection_head"``) or
+    ``"embedding_fn"``.
+
+    Example:
+        >>> point = TrackingPoint("projection_head", "module_output", torch.nn.Identity())
+        >>> point.describe()
+        'the output of `projection_head` (Identity)'
+    """
+
+    name: str
+    source: Source
+    module: nn.Module | None = None
+
+    @property
+    def loss_normalizes(self) -> bool:
+        """Whether the hooked module is a loss that L2-normalises what it receives."""
+        return self.source == "loss_inputs" and self.module is not None and loss_normalizes_inputs(self.module)
+
+    def describe(self) -> str:
+        """A human-readable description for log messages."""
+        if self.source == "embedding_fn":
+            return "the tensor returned by `embedding_fn`"
+        kind = type(self.module).__name__
+        if self.source == "loss_inputs":
+            return f"the inputs of `{self.name}` ({kind})"
+        return f"the output of `{self.name}` ({kind})"
+
+
+def _candidate_listing(pl_module: nn.Module, max_depth: int = 2, limit: int = 40) -> str:
+    lines = []
+    for name, module in pl_module.named_modules():
+        if not name or name.count(".") >= max_depth:
+            continue
+        lines.append(f"  {name}: {type(module).__name__}")
+        if len(lines) >= limit:
+            lines.append("  ...")
+            break
+    return "\n".join(lines) if lines else "  (the module has no submodules)"
+
+
+def _how_to_point(example: str) -> str:
+    return (
+        "Point the monitor at the embeddings in one of two ways:\n"
+        f'  StepwiseMonitor(module="{example}")          # dotted path of a submodule (or a list of them)\n'
+        "  StepwiseMonitor(embedding_fn=lambda pl_module, batch: pl_module(batch[0][0]))"
+    )
+
+
+def _resolve_path(pl_module: nn.Module, path: str) -> TrackingPoint:
+    try:
+        module = pl_module.get_submodule(path)
+    except AttributeError:
+        raise NoEmbeddingFoundError(
+            f"StepwiseMonitor: `{type(pl_module).__name__}` has no submodule `{path}`. "
+            f"Submodules found:\n{_candidate_listing(pl_module)}\n{_how_to_point('projection_head')}"
+        ) from None
+    source: Source = "loss_inputs" if is_lightly_loss(module) else "module_output"
+    return TrackingPoint(path, source, module)
+
+
+def _first_named(pl_module: nn.Module, predicate: Callable[[str, nn.Module], bool]) -> tuple[str, nn.Module] | None:
+    # Shallowest match first, so `projection_head` beats `model.projection_head`.
+    matches = [(name, m) for name, m in pl_module.named_modules() if name and predicate(name, m)]
+    return min(matches, key=lambda nm: nm[0].count(".")) if matches else None
+
+
+def find_tracking_points(
+    pl_module: nn.Module, module: str | Sequence[str] | None = None
+) -> list[TrackingPoint]:
+    """Resolve where to capture embeddings: the given dotted path(s), or auto-detection.
+
+    Raises :class:`NoEmbeddingFoundError`, listing the submodules it found and the two ways to point
+    the monitor, when nothing usable exists.
+
+    Example:
+        >>> from lightly.loss import BarlowTwinsLoss
+        >>> net = torch.nn.Module()
+        >>> net.projection_head = torch.nn.Linear(4, 2)
+        >>> net.criterion = BarlowTwinsLoss()
+        >>> [p.describe() for p in find_tracking_points(net)]
+        ['the inputs of `criterion` (BarlowTwinsLoss)']
+        >>> [p.name for p in find_tracking_points(net, module=["projection_head", "criterion"])]
+        ['projection_head', 'criterion']
+    """
+    if module is not None:
+        paths = [module] if isinstance(module, str) else list(module)
+        if not paths:
+            raise ValueError("module must be a dotted path or a non-empty list of them")
+        return [_resolve_path(pl_module, path) for path in paths]
+
+    # Nested losses (e.g. Whitening2d inside WMSELoss) are parts of the outer loss, not the loss.
+    def is_outer_loss(name: str, m: nn.Module) -> bool:
+        if not is_lightly_loss(m):
+            return False
+        parent = name.rpartition(".")[0]
+        return not (parent and is_lightly_loss(pl_module.get_submodule(parent)))
+
+    found = _first_named(pl_module, is_outer_loss)
+    if found is not None:
+        return [TrackingPoint(found[0], "loss_inputs", found[1])]
+    for wanted in _AUTO_MODULE_NAMES:
+        found = _first_named(pl_module, lambda name, _m, wanted=wanted: name.rpartition(".")[2] == wanted)
+        if found is not None:
+            return [TrackingPoint(found[0], "module_output", found[1])]
+    raise NoEmbeddingFoundError(
+        f"StepwiseMonitor could not find the embeddings of `{type(pl_module).__name__}`: it has no "
+        "loss module from `lightly.loss`, no `projection_head` and no `backbone`. "
+        f"Submodules found:\n{_candidate_listing(pl_module)}\n{_how_to_point('<dotted.path>')}"
+    )
+
+
+def flatten_tensors(obj: Any) -> list[Tensor]:
+    """All tensors in a nested structure of tuples, lists and mappings, in order.
+
+    Example:
+        >>> len(flatten_tensors((torch.zeros(1), [torch.ones(2), 3], {"a": torch.ones(1)})))
+        3
+    """
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in flatten_tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in flatten_tensors(v)]
+    return []
+
+
+def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tuple[str, str]]]:
+    """Stack captured tensors into one ``N x d`` matrix of embedding rows.
+
+    Floating tensors of 2 or more dimensions count; ``N x C x H x W`` (or 3-D) outputs are flattened
+    to ``N x (C*H*W)``; tensors whose width differs from the first one's are dropped. Returns the rows
+    (or ``None``) and a list of ``(problem_key, message)`` for the caller to warn about once.
+
+    Example:
+        >>> rows, problems = to_embedding_rows([torch.ones(4, 8), torch.ones(4, 8)])
+        >>> tuple(rows.shape), problems
+        ((8, 8), [])
+        >>> rows, problems = to_embedding_rows([torch.ones(2, 3, 4, 4)])
+        >>> tuple(rows.shape), [key for key, _ in problems]
+        ((2, 48), ['flattened'])
+    """
+    problems: list[tuple[str, str]] = []
+    kept: list[Tensor] = []
+    width: int | None = None
+    for t in tensors:
+        if not torch.is_floating_point(t) or t.ndim < 2:
+            continue
+        if t.ndim > 2:
+            if any(s != 1 for s in t.shape[2:]):
+                problems.append((
+                    "flattened",
+                    f"embeddings of shape {tuple(t.shape)} are flattened to "
+                    f"{(t.shape[0], t[0].numel())}; point the monitor at a pooled output to avoid this",
+                ))
+            t = t.flatten(1)
+        if width is None:
+            width = t.shape[1]
+        elif t.shape[1] != width:
+            problems.append((
+                "width_mismatch",
+                f"dropped a captured tensor of width {t.shape[1]}: the first one had width {width}",
+            ))
+            continue
+        kept.append(t)
+    if not kept:
+        problems.append((
+            "no_rows",
+            "no floating tensor of shape (batch, dim) was captured in a training step",
+        ))
+        return None, problems
+    return (kept[0] if len(kept) == 1 else torch.cat(kept)), problems
+
+
+class EmbeddingTap:
+    """A forward hook on one tracking point that copies embeddings while ``active``.
+
+    Copies are detached clones (the model may modify its tensors in place later in the step).
+
+    Example:
+        >>> head = torch.nn.Linear(4, 2)
+        >>> tap = EmbeddingTap(TrackingPoint("head", "module_output", head)).attach()
+        >>> _ = head(torch.ones(3, 4))        # inactive: nothing kept
+        >>> tap.active = True
+        >>> _ = head(torch.ones(5, 4))
+        >>> [tuple(t.shape) for t in tap.take()]
+        [(5, 2)]
+        >>> tap.remove()
+    """
+
+    def __init__(self, point: TrackingPoint) -> None:
+        self.point = point
+        self.active = False
+        self._captured: list[Tensor] = []
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def attach(self) -> EmbeddingTap:
+        """Register the hook on the point's module (no-op for ``embedding_fn`` points)."""
+        module = self.point.module
+        if module is None or self._handle is not None:
+            return self
+        if self.point.source == "loss_inputs":
+            self._handle = module.register_forward_pre_hook(self._on_loss_inputs, with_kwargs=True)
+        else:
+            self._handle = module.register_forward_hook(self._on_module_output)
+        return self
+
+    def remove(self) -> None:
+        """Remove the hook and drop anything captured."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._captured.clear()
+
+    def add(self, tensors: Iterable[Tensor]) -> None:
+        """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs)."""
+        self._captured.extend(t.detach().clone() for t in tensors)
+
+    def take(self) -> list[Tensor]:
+        """Everything captured since the last call."""
+        captured, self._captured = self._captured, []
+        return captured
+
+    def _on_loss_inputs(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.active:
+            self.add(flatten_tensors((args, kwargs)))
+
+    def _on_module_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        if self.active:
+            self.add(flatten_tensors(output)[:1])

@@ -1,0 +1,115 @@
+"""A bounded, self-thinning record of spectrum measurements."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SCALAR_COLUMNS", "SpectrumHistory"]
+
+#: Columns holding one number per measurement, in the order they are written to CSV.
+SCALAR_COLUMNS: tuple[str, ...] = (
+    "measurement",
+    "step",
+    "epoch",
+    "time",
+    "lr_x_step",
+    "lr",
+    "samples",
+    "loss",
+    "trace",
+    "effective_rank",
+    "participation_ratio",
+)
+_INTEGER_COLUMNS = frozenset({"measurement", "step", "epoch", "samples"})
+
+
+class SpectrumHistory:
+    """Rows of (scalars, top-k eigenvalues), at most ``max_rows`` of them.
+
+    When full, every other row is dropped and only every second measurement is kept from then on
+    (``stride`` doubles), so the history stays an evenly thinned record of the whole run, whatever
+    its length. A row is identified by its ``measurement`` index (0, 1, 2, ... over the run).
+
+    Example:
+        >>> h = SpectrumHistory(max_rows=4)
+        >>> for i in range(10):
+        ...     h.append(measurement=i, step=10 * i, eigenvalues=np.ones(3))
+        >>> h.as_arrays()["step"].tolist(), h.stride
+        ([0, 40, 80], 4)
+    """
+
+    def __init__(self, max_rows: int = 10_000) -> None:
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2, got {max_rows}")
+        self.max_rows = max_rows
+        self.stride = 1
+        self._rows: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def wants(self, measurement: int) -> bool:
+        """Whether a row for this measurement index would be kept."""
+        return measurement % self.stride == 0
+
+    def append(self, *, measurement: int, eigenvalues: np.ndarray, **scalars: float) -> None:
+        """Record one measurement (ignored when thinning has dropped its index)."""
+        if not self.wants(measurement):
+            return
+        if self._rows and measurement <= self._rows[-1]["measurement"]:
+            raise ValueError(
+                f"measurement {measurement} is not after the last recorded one "
+                f"({self._rows[-1]['measurement']})"
+            )
+        unknown = set(scalars) - set(SCALAR_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown columns {sorted(unknown)}; known: {SCALAR_COLUMNS}")
+        row = {name: scalars.get(name, -1 if name in _INTEGER_COLUMNS else math.nan) for name in SCALAR_COLUMNS}
+        row["measurement"] = measurement
+        row["eigenvalues"] = np.asarray(eigenvalues, dtype=np.float64).copy()
+        self._rows.append(row)
+        if len(self._rows) >= self.max_rows:
+            self.stride *= 2
+            self._rows = [r for r in self._rows if r["measurement"] % self.stride == 0]
+
+    def drop_measurement(self, measurement: int) -> None:
+        """Forget the row of one measurement index, if present (to re-record it)."""
+        self._rows = [r for r in self._rows if r["measurement"] != measurement]
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """The history as NumPy arrays: one per scalar column plus ``eigenvalues`` (rows x k)."""
+        arrays: dict[str, np.ndarray] = {}
+        for name in SCALAR_COLUMNS:
+            dtype = np.int64 if name in _INTEGER_COLUMNS else np.float64
+            arrays[name] = np.array([r[name] for r in self._rows], dtype=dtype)
+        width = max((len(r["eigenvalues"]) for r in self._rows), default=0)
+        eigenvalues = np.full((len(self._rows), width), np.nan)
+        for i, r in enumerate(self._rows):
+            eigenvalues[i, : len(r["eigenvalues"])] = r["eigenvalues"]
+        arrays["eigenvalues"] = eigenvalues
+        return arrays
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain numbers only, so checkpoints load with ``weights_only=True``."""
+        arrays = self.as_arrays()
+        return {
+            "max_rows": self.max_rows,
+            "stride": self.stride,
+            "columns": {name: torch.from_numpy(a) for name, a in arrays.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.stride = int(state["stride"])
+        columns = {name: np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t)
+                   for name, t in state["columns"].items()}
+        self._rows = []
+        for i in range(len(columns["measurement"])):
+            row: dict[str, Any] = {name: columns[name][i].item() for name in SCALAR_COLUMNS}
+            row["eigenvalues"] = columns["eigenvalues"][i].copy()
+            self._rows.append(row)
