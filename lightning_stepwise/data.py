@@ -89,7 +89,7 @@ def digits_dataloader(batch_size: int = 256, size: int = 16, channels: int = 1, 
     Example:
         >>> loader = digits_dataloader(batch_size=64)
         >>> (x0, x1), labels = next(iter(loader))
-        >>> tuple(x0.shape), math.floor(1797 / 64) == len(loader)
+        >>> tuple(x0.shape), len(loader) == 1797 // 64
         ((64, 1, 16, 16), True)
     """
     images, labels = load_digits_images(size, channels)
