@@ -70,7 +70,6 @@ class _Window:
     epoch: int
     time: float
     lr: float
-    batches: int = 0
     loss_sum: Tensor | None = None
     loss_count: int = 0
     partial_measurement: int | None = None
@@ -262,7 +261,6 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         window = self._window
         if window is None:
             return
-        window.batches += 1
         loss = _loss_of(outputs)
         if loss is not None:
             window.loss_sum = loss if window.loss_sum is None else window.loss_sum + loss
@@ -371,7 +369,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             self._count_skipped(1)
         if global_rows == 0:
             return
-        if uses_gram_route(self.window, p.dim or rows.shape[1]):
+        if uses_gram_route(self.window, rows.shape[1]):
             p.accumulator = CovarianceRows(rows.shape[1]).to(rows.device)
         else:
             p.accumulator = CovarianceMoments(rows.shape[1], shift=total[1:] / global_rows).to(rows.device)
@@ -463,7 +461,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             "points": {p.point.name: self._point_state(p) for p in self._points},
             "window": None if window is None else {
                 "step": window.step, "epoch": window.epoch, "time": window.time, "lr": window.lr,
-                "batches": window.batches, "loss_count": window.loss_count,
+                "loss_count": window.loss_count,
                 "loss_sum": None if window.loss_sum is None else float(window.loss_sum),
                 "partial_measurement": window.partial_measurement,
             },
@@ -513,7 +511,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         w = state["window"]
         self._window = None if w is None else _Window(
             step=int(w["step"]), epoch=int(w["epoch"]), time=float(w["time"]), lr=float(w["lr"]),
-            batches=int(w["batches"]), loss_count=int(w["loss_count"]),
+            loss_count=int(w["loss_count"]),
             loss_sum=None if w["loss_sum"] is None else torch.tensor(w["loss_sum"], dtype=torch.float64),
             partial_measurement=w["partial_measurement"],
         )

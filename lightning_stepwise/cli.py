@@ -34,12 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="train a small Lightly Barlow Twins model on the embedded digits with StepwiseMonitor()")
-    demo.add_argument("--max-steps", type=int, default=600, help="optimizer steps (7 per epoch at batch 256)")
+    demo.add_argument("--max-steps", type=int, default=800, help="optimizer steps (7 per epoch at batch 256)")
     demo.add_argument("--output", default="stepwise-demo", help="folder for logs and files")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--init-scale", type=float, default=1.0,
-                      help="multiply initial weights (e.g. 0.3: the paper's small init, sharper steps)")
+    demo.add_argument("--init-scale", type=float, default=0.5,
+                      help="multiply initial weights (small init, as in the paper, makes the steps sharper; "
+                           "1.0: PyTorch's default init)")
     demo.add_argument("--every-n-steps", type=int, default=50, help="steps between spectrum measurements")
     demo.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     demo.set_defaults(run=_demo)

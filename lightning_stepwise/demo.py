@@ -101,12 +101,13 @@ def format_summary(history: dict[str, np.ndarray], max_rows: int = 12, top: int 
     return "\n".join(lines)
 
 
-def run_demo(max_steps: int = 600, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
-             batch_size: int = 256, init_scale: float = 1.0, every_n_steps: int = 50,
+def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
+             batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int = 50,
              quiet: bool = False) -> StepwiseMonitor:
     """Train :class:`DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()``.
 
-    Returns the monitor (its ``history`` and ``output_dir``). Files go to ``<output>/stepwise``.
+    Returns the monitor (its ``history`` and ``output_dir``). Files go to
+    ``<output>/logs/version_N/stepwise`` (the CSV logger's folder).
 
     Example:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
@@ -130,7 +131,8 @@ def run_demo(max_steps: int = 600, output: str | os.PathLike[str] = "stepwise-de
         history = monitor.history
         epochs = math.ceil(max_steps / len(loader))
         print(f"\nSpectrum of the {history['eigenvalues'].shape[1]}-d embeddings (inputs of the Barlow Twins loss), "
-              f"{len(history['step'])} measurements over {max_steps} steps (~{epochs} epochs):")
+              f"{len(history['step'])} measurements over {max_steps} steps (~{epochs} epochs). Modes are learned "
+              "one after another: each eigenvalue in turn rises by one to two orders of magnitude.")
         print(format_summary(history))
         print(f"\nFiles: {monitor.output_dir}/spectrum.npz, spectrum.csv; logger: {trainer.log_dir}")
     return monitor

@@ -310,3 +310,43 @@ def test_cuda_embeddings_are_accumulated_on_their_device():
     model = model.cpu()
     expected = reference_eigenvalues(window_rows(model, pair_loader(), [0, 1]))
     np.testing.assert_allclose(monitor.history["eigenvalues"][0], expected, rtol=1e-4, atol=1e-8)
+
+
+def test_checkpoint_saved_after_fit_mid_window_resumes_without_duplicates(tmp_path):
+    pl = pl_namespace("lightning.pytorch")
+
+    def run(max_steps, ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        monitor = StepwiseMonitor(every_n_steps=4, window=48)  # 2 batches a window
+        t = trainer(max_steps=max_steps, callbacks=[monitor], default_root_dir=tmp_path)
+        t.fit(make_ssl_module(batchnorm=True), pair_loader(n=80), ckpt_path=ckpt_path)
+        return monitor, t
+
+    continuous, _ = run(14)
+    first, first_trainer = run(9)  # ends inside the window opened at step 8: recorded with 1 batch
+    np.testing.assert_array_equal(first.history["step"], [0, 4, 8])
+    np.testing.assert_array_equal(first.history["samples"], [64, 64, 32])
+    first_trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
+    resumed, _ = run(14, ckpt_path=tmp_path / "after_fit.ckpt")
+    # The partial row is completed, not duplicated; the rows before the checkpoint are kept as they were.
+    np.testing.assert_array_equal(resumed.history["step"], [0, 4, 8, 12])
+    np.testing.assert_array_equal(resumed.history["measurement"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(resumed.history["samples"], [64, 64, 64, 64])
+    np.testing.assert_array_equal(resumed.history["eigenvalues"][:2], continuous.history["eigenvalues"][:2])
+    # (Later rows differ from the continuous run because Lightning restarts the dataloader of a
+    # mid-epoch checkpoint from its first batch: the training itself is not the same.)
+
+
+def test_files_are_written_when_training_stops_with_an_exception(tmp_path):
+    base = make_ssl_module()
+
+    class Crashes(type(base)):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 5:
+                raise KeyError("boom")
+            return super().training_step(batch, batch_idx)
+
+    monitor = StepwiseMonitor(every_n_steps=2, window=32, dirpath=tmp_path)
+    with pytest.raises(KeyError, match="boom"):
+        trainer(max_steps=10, callbacks=[monitor]).fit(Crashes(), pair_loader())
+    assert list(load_spectrum(tmp_path)["step"]) == [0, 2, 4]
