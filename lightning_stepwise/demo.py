@@ -133,6 +133,6 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
         print(f"\nSpectrum of the {history['eigenvalues'].shape[1]}-d embeddings (inputs of the Barlow Twins loss), "
               f"{len(history['step'])} measurements over {max_steps} steps (~{epochs} epochs). Modes are learned "
               "one after another: each eigenvalue in turn rises by one to two orders of magnitude.")
-        print(format_summary(history))
+        print(format_summary(history, max_rows=20))
         print(f"\nFiles: {monitor.output_dir}/spectrum.npz, spectrum.csv; logger: {trainer.log_dir}")
     return monitor
