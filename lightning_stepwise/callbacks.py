@@ -45,7 +45,13 @@ _STATE_VERSION = 1
 
 
 class StepwiseWarning(UserWarning):
-    """Problems the monitor skipped over instead of interrupting training."""
+    """Problems the monitor skipped over instead of interrupting training.
+
+    Example:
+        >>> import warnings
+        >>> warnings.simplefilter("error", StepwiseWarning)  # make them errors, e.g. in a test suite
+        >>> warnings.resetwarnings()
+    """
 
 
 @dataclass

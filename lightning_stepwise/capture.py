@@ -50,7 +50,15 @@ _AUTO_MODULE_NAMES = ("projection_head", "backbone")
 
 
 class NoEmbeddingFoundError(ValueError):
-    """Raised at fit start when the monitor cannot tell where the embeddings are."""
+    """Raised at fit start when the monitor cannot tell where the embeddings are.
+
+    Example:
+        >>> try:
+        ...     find_tracking_points(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        ... except NoEmbeddingFoundError as err:
+        ...     print(str(err).splitlines()[-2].strip())
+        StepwiseMonitor(module="<dotted.path>")          # dotted path of a submodule (or a list of them)
+    """
 
 
 def is_lightly_loss(module: nn.Module) -> bool:

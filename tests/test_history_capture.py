@@ -96,6 +96,8 @@ def test_rows_from_both_call_patterns_and_odd_shapes():
     assert rows.shape == (8, 8)
     rows, problems = to_embedding_rows([torch.ones(4, 512, 1, 1)])  # Lightly's resnet backbone: silent
     assert rows.shape == (4, 512) and not problems
+    rows, problems = to_embedding_rows([torch.ones(4, 5, 6)])  # e.g. tokens: (batch, tokens, dim)
+    assert rows.shape == (4, 30) and [k for k, _ in problems] == ["flattened"]
     rows, problems = to_embedding_rows([torch.ones(4, 8), torch.ones(4, 3)])
     assert rows.shape == (4, 8) and [k for k, _ in problems] == ["width_mismatch"]
     rows, problems = to_embedding_rows([torch.ones(4, dtype=torch.long), torch.ones(3)])
