@@ -66,6 +66,7 @@ class _Point:
     accumulator: CovarianceMoments | CovarianceRows | None = None
     batches_needed: int = 0
     batches_accumulated: int = 0
+    skipped_counted: int = 0
 
 
 @dataclass
@@ -409,11 +410,12 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                 continue
             eigenvalues, samples, skipped = p.accumulator.compute()
             eigenvalues = eigenvalues.reshape(-1)  # torchmetrics squeezes a width-1 result to 0-d
-            skipped_now = int(skipped)
+            # A window kept open at fit end is computed again when complete: count each skip once.
+            if int(skipped) > p.skipped_counted:
+                self._count_skipped(int(skipped) - p.skipped_counted)
+            p.skipped_counted = int(skipped) if keep_open else 0
             if not keep_open:
                 p.accumulator = None
-            if skipped_now:
-                self._count_skipped(skipped_now)
             if float(samples) < 2:
                 self._warn_once(f"{p.point.name}:too_few", f"fewer than 2 usable samples in the window at "
                                 f"step {window.step}; no spectrum recorded")
@@ -477,7 +479,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     def _point_state(p: _Point) -> dict[str, Any]:
         state: dict[str, Any] = {"history": p.history.state_dict(), "dim": p.dim,
                                  "batches_needed": p.batches_needed,
-                                 "batches_accumulated": p.batches_accumulated, "accumulator": None}
+                                 "batches_accumulated": p.batches_accumulated,
+                                 "skipped_counted": p.skipped_counted, "accumulator": None}
         acc = p.accumulator
         if acc is not None:
             states = {k: ([t.cpu() for t in v] if isinstance(v, list) else v.cpu())
@@ -513,6 +516,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             p.dim = saved["dim"]
             p.batches_needed = int(saved["batches_needed"])
             p.batches_accumulated = int(saved["batches_accumulated"])
+            p.skipped_counted = int(saved["skipped_counted"])
             p.accumulator = self._restore_accumulator(saved["accumulator"], p.dim)
         w = state["window"]
         self._window = None if w is None else _Window(

@@ -350,3 +350,29 @@ def test_files_are_written_when_training_stops_with_an_exception(tmp_path):
     with pytest.raises(KeyError, match="boom"):
         trainer(max_steps=10, callbacks=[monitor]).fit(Crashes(), pair_loader())
     assert list(load_spectrum(tmp_path)["step"]) == [0, 2, 4]
+
+
+def test_skipped_batches_in_a_window_open_at_fit_end_are_counted_once(tmp_path):
+    base = make_ssl_module(lr=0.0)
+
+    class NaNAtStep9(type(base)):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 9:
+                x0, x1 = batch[0]
+                self.criterion(self._embed(x0) * math.nan, self._embed(x1))
+            return super().training_step(batch, batch_idx)
+
+    def run(max_steps, ckpt_path=None):
+        monitor = StepwiseMonitor(every_n_steps=8, window=96)  # 3 batches a window
+        t = trainer(max_steps=max_steps, callbacks=[monitor], default_root_dir=tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StepwiseWarning)
+            t.fit(NaNAtStep9(), pair_loader(), ckpt_path=ckpt_path)
+        return monitor, t
+
+    first, first_trainer = run(10)  # the window opened at step 8 is still open, one batch skipped
+    assert first.skipped_batches == 1
+    first_trainer.save_checkpoint(tmp_path / "mid_window.ckpt")
+    resumed, _ = run(12, ckpt_path=tmp_path / "mid_window.ckpt")
+    assert resumed.skipped_batches == 1  # the same skipped batch, not counted again on completion
+    np.testing.assert_array_equal(resumed.history["samples"], [96, 64])
