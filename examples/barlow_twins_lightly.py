@@ -18,7 +18,7 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import nn
 
-from lightning_stepwise import StepwiseMonitor
+from lightning_stepwise import StepwiseMonitor, format_onset_table
 from lightning_stepwise.data import digits_dataloader
 
 
@@ -62,6 +62,8 @@ def main() -> None:
                          default_root_dir=args.output)
     trainer.fit(model=model, train_dataloaders=loader)
     print(f"spectrum history: {monitor.history['eigenvalues'].shape} -> {monitor.output_dir}")
+    print(f"{monitor.modes_learned} modes learned:")
+    print(format_onset_table(monitor.onsets))  # also in onsets.csv / onsets.json, drawn in stepwise.png
 
 
 if __name__ == "__main__":

@@ -7,15 +7,22 @@ Example:
 
 from lightning_stepwise.callbacks import StepwiseMonitor, StepwiseWarning
 from lightning_stepwise.capture import NoEmbeddingFoundError
-from lightning_stepwise.report import load_spectrum, save_spectrum
+from lightning_stepwise.onsets import OnsetTracker, detect_loss_steps, detect_onsets
+from lightning_stepwise.report import format_onset_table, load_onsets, load_spectrum, plot_stepwise, save_spectrum
 from lightning_stepwise.spectrum import covariance_eigenvalues, summarize_spectrum
 
 __all__ = [
     "NoEmbeddingFoundError",
+    "OnsetTracker",
     "StepwiseMonitor",
     "StepwiseWarning",
     "covariance_eigenvalues",
+    "detect_loss_steps",
+    "detect_onsets",
+    "format_onset_table",
+    "load_onsets",
     "load_spectrum",
+    "plot_stepwise",
     "save_spectrum",
     "summarize_spectrum",
 ]

@@ -6,7 +6,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from lightning_stepwise.capture import (
     to_embedding_rows,
 )
 from lightning_stepwise.history import SpectrumHistory
-from lightning_stepwise.report import save_spectrum
+from lightning_stepwise.onsets import (
+    ONSET_COLUMNS,
+    OnsetTracker,
+    check_onset_options,
+    detect_loss_steps,
+    match_loss_drops,
+)
+from lightning_stepwise.report import plot_stepwise, save_onsets, save_spectrum
 from lightning_stepwise.spectrum import (
     CovarianceMoments,
     CovarianceRows,
@@ -67,6 +74,11 @@ class _Point:
     batches_needed: int = 0
     batches_accumulated: int = 0
     skipped_counted: int = 0
+    tracker: OnsetTracker = field(default_factory=OnsetTracker)
+
+    @property
+    def onsets(self) -> dict[int, dict[str, float]]:
+        return self.tracker.records
 
 
 @dataclass
@@ -80,6 +92,10 @@ class _Window:
     loss_sum: Tensor | None = None
     loss_count: int = 0
     partial_measurement: int | None = None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _current_lr(trainer: Any) -> float:
@@ -121,8 +137,14 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         max_history: rows kept in memory; beyond it the history thins itself evenly.
         dirpath: folder for the files; default ``<trainer.log_dir>/stepwise``.
         name: prefix of logged metric names.
-        prog_bar: show the effective rank in the progress bar.
+        prog_bar: show the effective rank and the number of learned modes in the progress bar.
         strict: raise instead of warning and skipping on bad embeddings.
+        onset_options: options of :func:`~lightning_stepwise.onsets.detect_onsets` (``min_rise``,
+            ``min_relative_plateau``, ``smoothing``, ``plateau_rows``) for the online detection of learned modes.
+        verbose: print one line per newly learned mode (global rank zero only).
+        plot_x: x axis of ``stepwise.png``: ``"step"`` or ``"time"`` (effective time).
+        save_figure: write ``stepwise.png`` at fit end and send it to loggers that take images
+            (TensorBoard, W&B).
 
     Example:
         >>> import lightning.pytorch as pl
@@ -148,6 +170,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         name: str = "stepwise",
         prog_bar: bool = True,
         strict: bool = False,
+        onset_options: dict[str, Any] | None = None,
+        verbose: bool = True,
+        plot_x: str = "step",
+        save_figure: bool = True,
     ) -> None:
         super().__init__()
         for arg, value, low in (("every_n_steps", every_n_steps, 1), ("window", window, 2),
@@ -170,6 +196,17 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self.name = name
         self.prog_bar = prog_bar
         self.strict = strict
+        if plot_x not in {"step", "time"}:
+            raise ValueError(f"StepwiseMonitor: plot_x must be 'step' or 'time', got {plot_x!r}")
+        self.onset_options = dict(onset_options or {})
+        unknown = set(self.onset_options) - {"min_rise", "min_relative_plateau", "smoothing", "plateau_rows"}
+        if unknown:
+            raise ValueError(f"StepwiseMonitor: unknown onset_options {sorted(unknown)}; "
+                             "known: min_rise, min_relative_plateau, smoothing, plateau_rows")
+        check_onset_options(**self.onset_options)
+        self.verbose = verbose
+        self.plot_x = plot_x
+        self.save_figure = save_figure
 
         #: Batches whose embeddings were skipped because they were not finite (all ranks).
         self.skipped_batches = 0
@@ -209,6 +246,28 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         """Every tracking point's history, by point name."""
         return {p.point.name: p.history.as_arrays() for p in self._points}
 
+    @property
+    def onsets(self) -> list[dict[str, float]]:
+        """The learned modes so far of the first tracking point: one record per mode, by mode.
+
+        Columns as :data:`~lightning_stepwise.onsets.ONSET_COLUMNS`; see
+        :func:`~lightning_stepwise.onsets.detect_onsets`. A mode enters once its rise is confirmed and
+        its record does not change afterwards; the loss drops are matched at fit end.
+        """
+        return self.onsets_of(self._points[0].point.name) if self._points else []
+
+    def onsets_of(self, point: str) -> list[dict[str, float]]:
+        """The onset table of one tracking point, by point name (see :attr:`histories`)."""
+        for p in self._points:
+            if p.point.name == point:
+                return [dict(p.onsets[m]) for m in sorted(p.onsets)]
+        raise KeyError(f"no tracking point {point!r}; tracked: {[p.point.name for p in self._points]}")
+
+    @property
+    def modes_learned(self) -> int:
+        """Number of learned modes so far (first tracking point)."""
+        return len(self._points[0].onsets) if self._points else 0
+
     # ------------------------------------------------------------------ set-up
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -224,6 +283,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                 tap=EmbeddingTap(p).attach(),
                 normalize=self.normalize if self.normalize is not None else p.loss_normalizes,
                 history=SpectrumHistory(self.max_history),
+                tracker=OnsetTracker(**self.onset_options),
             )
             for p in points
         ]
@@ -428,7 +488,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                 samples=int(samples), loss=mean_loss, trace=summary.trace,
                 effective_rank=summary.effective_rank, participation_ratio=summary.participation_ratio,
             )
+            if not keep_open:
+                self._update_onsets(trainer, p, announce=i == 0)
             prefix = self.name if len(self._points) == 1 else f"{self.name}/{p.point.name}"
+            logged[f"{prefix}/modes_learned"] = float(len(p.onsets))
             logged[f"{prefix}/effective_rank"] = summary.effective_rank
             logged[f"{prefix}/participation_ratio"] = summary.participation_ratio
             logged[f"{prefix}/trace"] = summary.trace
@@ -436,6 +499,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                 logged[f"{prefix}/eigenvalue_{k:03d}"] = float(top[k])
             if i == 0 and self.prog_bar and not keep_open:
                 pl_module.log(f"{self.name}/erank", summary.effective_rank, prog_bar=True, logger=False,
+                              on_step=True, on_epoch=False, batch_size=1)
+                pl_module.log(f"{self.name}/modes", float(len(p.onsets)), prog_bar=True, logger=False,
                               on_step=True, on_epoch=False, batch_size=1)
         if logged:
             for logger in trainer.loggers:
@@ -446,14 +511,77 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             self._window = None
             self._measurements = measurement + 1
 
+    def _update_onsets(self, trainer: Any, p: _Point, announce: bool) -> None:
+        """Add the modes whose rise is now confirmed; print a line for each (rank zero)."""
+        arrays = p.history.as_arrays()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                records = p.tracker.update(arrays["step"], arrays["eigenvalues"], epochs=arrays["epoch"],
+                                           times=arrays["time"])
+        except Exception as err:
+            if self.strict:
+                raise
+            self._warn_once("onsets", f"onset detection failed ({err}); modes_learned is not updated")
+            return
+        for record in records:
+            if announce and self.verbose and trainer.is_global_zero:
+                epoch = "" if math.isnan(record["onset_epoch"]) else f", epoch {record['onset_epoch']:.0f}"
+                self._print(trainer, f"StepwiseMonitor: mode {record['mode']} learned at step "
+                                     f"{record['onset_step']:.0f}{epoch} ({_count(len(p.onsets), 'mode')} learned)")
+
+    @staticmethod
+    def _print(trainer: Any, line: str) -> None:
+        bar = getattr(trainer, "progress_bar_callback", None)
+        if bar is not None and hasattr(bar, "print") and getattr(bar, "is_enabled", False):
+            bar.print(line)  # above the bar instead of through it
+        else:
+            print(line)
+
     def _write_files(self, trainer: Any) -> None:
         if not self._points or not trainer.is_global_zero:
             return
         directory = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "stepwise"
         for p in self._points:
-            stem = "spectrum" if len(self._points) == 1 else f"spectrum_{p.point.name}"
-            save_spectrum(p.history.as_arrays(), directory, stem=stem)
+            suffix = "" if len(self._points) == 1 else f"_{p.point.name}"
+            arrays = p.history.as_arrays()
+            save_spectrum(arrays, directory, stem=f"spectrum{suffix}")
+            drops = self._loss_drops(arrays)
+            for record in match_loss_drops([p.onsets[m] for m in sorted(p.onsets)], drops):
+                p.onsets[int(record["mode"])] = record
+            save_onsets([p.onsets[m] for m in sorted(p.onsets)], directory, stem=f"onsets{suffix}")
+            if self.save_figure and len(arrays["step"]) >= 1:
+                self._save_figure(trainer, p, arrays, drops, directory / f"stepwise{suffix}.png")
         self.output_dir = directory
+
+    def _loss_drops(self, arrays: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+        finite = np.isfinite(arrays["loss"])
+        if finite.sum() < 3:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return detect_loss_steps(arrays["step"][finite], arrays["loss"][finite])
+
+    def _save_figure(self, trainer: Any, p: _Point, arrays: Mapping[str, np.ndarray],
+                     drops: Sequence[Mapping[str, float]], path: Path) -> None:
+        try:
+            x = self.plot_x if self.plot_x == "step" or np.all(np.isfinite(arrays["time"])) else "step"
+            fig = plot_stepwise(arrays, [p.onsets[m] for m in sorted(p.onsets)], drops, x=x,
+                                title=f"{p.point.describe()}: {len(p.onsets)} modes learned", path=path)
+        except Exception as err:  # a figure is never worth a failed run
+            self._warn_once("figure", f"could not draw {path.name}: {err}")
+            return
+        tag = f"{self.name}/stepwise" if len(self._points) == 1 else f"{self.name}/{p.point.name}/stepwise"
+        for logger in trainer.loggers:
+            try:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_figure"):  # TensorBoard
+                    experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+                elif hasattr(logger, "log_image"):  # W&B and others that take image files
+                    logger.log_image(key=tag, images=[str(path)], step=trainer.global_step)
+            except Exception as err:
+                self._warn_once(f"figure_logger:{type(logger).__name__}",
+                                f"could not send {path.name} to {type(logger).__name__}: {err}")
 
     # ------------------------------------------------------------------ checkpoint state
 
@@ -477,7 +605,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
 
     @staticmethod
     def _point_state(p: _Point) -> dict[str, Any]:
+        onsets = [[float(p.onsets[m][c]) for c in ONSET_COLUMNS] for m in sorted(p.onsets)]
         state: dict[str, Any] = {"history": p.history.state_dict(), "dim": p.dim,
+                                 "onsets": torch.tensor(onsets, dtype=torch.float64).reshape(-1, len(ONSET_COLUMNS)),
+                                 "onset_columns": list(ONSET_COLUMNS), "onset_tracker": p.tracker.state_dict(),
                                  "batches_needed": p.batches_needed,
                                  "batches_accumulated": p.batches_accumulated,
                                  "skipped_counted": p.skipped_counted, "accumulator": None}
@@ -513,6 +644,9 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                                 f"(it has {sorted(saved_points)}); that point starts fresh")
                 continue
             p.history.load_state_dict(saved["history"])
+            if "onsets" in saved:
+                records = [dict(zip(saved["onset_columns"], row, strict=True)) for row in saved["onsets"].tolist()]
+                p.tracker.load_state_dict(saved["onset_tracker"], records)
             p.dim = saved["dim"]
             p.batches_needed = int(saved["batches_needed"])
             p.batches_accumulated = int(saved["batches_accumulated"])

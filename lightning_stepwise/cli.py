@@ -20,6 +20,28 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_stepwise.report import format_onset_table, report_run
+
+    run = Path(args.run_dir)
+    if not run.exists():
+        print(f"lightning-stepwise report: {run} does not exist", file=sys.stderr)
+        return 2
+    try:
+        reports = report_run(run, output=args.output, x=args.x, min_rise=args.min_rise, smoothing=args.smoothing,
+                             plateau_rows=args.plateau_rows, min_relative_plateau=args.min_relative_plateau)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lightning-stepwise report: {err}", file=sys.stderr)
+        return 2
+    for r in reports:
+        print(f"{r.spectrum_path}: {len(r.onsets)} modes learned, {len(r.loss_drops)} loss drops")
+        print(format_onset_table(r.onsets))
+        print(f"wrote {r.onsets_csv}, {r.onsets_json.name}, {r.figure.name}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-stepwise`` console script.
 
@@ -41,9 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--init-scale", type=float, default=0.5,
                       help="multiply initial weights (small init, as in the paper, makes the steps sharper; "
                            "1.0: PyTorch's default init)")
-    demo.add_argument("--every-n-steps", type=int, default=50, help="steps between spectrum measurements")
+    demo.add_argument("--every-n-steps", type=int, default=20,
+                      help="steps between spectrum measurements (the onset table needs a few dozen)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     demo.set_defaults(run=_demo)
+    report = commands.add_parser(
+        "report", help="detect the learned modes of a recorded run again; write the table and stepwise.png")
+    report.add_argument("run_dir", help="a folder holding spectrum*.npz (searched recursively), or one .npz file")
+    report.add_argument("--output", default=None, help="folder for the files (default: next to each spectrum)")
+    report.add_argument("--x", choices=["step", "time"], default="step",
+                        help="x axis of the figure: optimizer step or effective time (sum of learning rates)")
+    report.add_argument("--min-rise", type=float, default=10.0, help="rise factor above the floor to count a mode")
+    report.add_argument("--min-relative-plateau", type=float, default=0.01,
+                        help="smallest plateau of a learned mode, as a fraction of the largest eigenvalue then")
+    report.add_argument("--smoothing", type=int, default=7, help="rows of the running median (odd)")
+    report.add_argument("--plateau-rows", type=int, default=5, help="rows that must confirm a plateau")
+    report.set_defaults(run=_report)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lightning_stepwise.callbacks import StepwiseMonitor
 from lightning_stepwise.data import digits_dataloader
+from lightning_stepwise.report import format_onset_table
 
 __all__ = ["DigitsBarlowTwins", "format_summary", "run_demo", "small_conv_backbone"]
 
@@ -102,7 +103,7 @@ def format_summary(history: dict[str, np.ndarray], max_rows: int = 12, top: int 
 
 
 def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
-             batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int = 50,
+             batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int = 20,
              quiet: bool = False) -> StepwiseMonitor:
     """Train :class:`DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()``.
 
@@ -112,7 +113,7 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     Example:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
         >>> sorted(p.name for p in monitor.output_dir.iterdir())                              # doctest: +SKIP
-        ['spectrum.csv', 'spectrum.npz']
+        ['onsets.csv', 'onsets.json', 'spectrum.csv', 'spectrum.npz', 'stepwise.png']
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -134,5 +135,9 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
               f"{len(history['step'])} measurements over {max_steps} steps (~{epochs} epochs). Modes are learned "
               "one after another: each eigenvalue in turn rises by one to two orders of magnitude.")
         print(format_summary(history, max_rows=20))
-        print(f"\nFiles: {monitor.output_dir}/spectrum.npz, spectrum.csv; logger: {trainer.log_dir}")
+        print(f"\n{monitor.modes_learned} modes learned (onset: the step at which a mode's eigenvalue reaches "
+              "half its plateau; loss drop: the drop of the loss matched to it):")
+        print(format_onset_table(monitor.onsets))
+        print(f"\nFiles: {monitor.output_dir}/ spectrum.npz, spectrum.csv, onsets.csv, onsets.json, stepwise.png; "
+              f"logger: {trainer.log_dir}")
     return monitor

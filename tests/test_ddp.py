@@ -45,4 +45,5 @@ def test_ddp_spectrum_is_identical_on_ranks_and_equals_the_global_batch(runs, ro
 
 def test_only_rank_zero_writes_files(runs):
     ddp, _ = runs
-    assert sorted(p.name for p in (ddp / "cov").iterdir()) == ["spectrum.csv", "spectrum.npz"]
+    assert sorted(p.name for p in (ddp / "cov").iterdir()) == [
+        "onsets.csv", "onsets.json", "spectrum.csv", "spectrum.npz", "stepwise.png"]

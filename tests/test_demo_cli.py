@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_stepwise import load_spectrum
+from lightning_stepwise import load_spectrum, save_spectrum
 from lightning_stepwise.cli import main
 from lightning_stepwise.data import digits_dataloader, load_digits_images
 from lightning_stepwise.demo import format_summary
+from lightning_stepwise.report import load_onsets
+from lightning_stepwise.synthetic import stepwise_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +20,9 @@ def test_demo_command_trains_prints_and_writes(tmp_path, capsys):
     assert main(["demo", "--max-steps", "24", "--every-n-steps", "8", "--batch-size", "64",
                  "--output", str(tmp_path), "--quiet"]) == 0
     files = list(tmp_path.rglob("spectrum.npz"))
-    assert len(files) == 1 and (files[0].parent / "spectrum.csv").exists()
+    assert len(files) == 1
+    assert {p.name for p in files[0].parent.iterdir()} == {
+        "spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png"}
     history = load_spectrum(files[0])
     assert list(history["step"]) == [0, 8, 16]
     assert history["eigenvalues"].shape == (3, 64)
@@ -30,6 +34,7 @@ def test_demo_summary_table_names_the_columns(tmp_path, capsys):
     main(["demo", "--max-steps", "16", "--every-n-steps", "8", "--batch-size", "64", "--output", str(tmp_path)])
     out = capsys.readouterr().out
     assert "eff.rank" in out and "spectrum.npz" in out and str(tmp_path) in out
+    assert "modes learned" in out and "onset step" in out  # the per-mode table
 
 
 def test_format_summary_picks_even_rows():
@@ -60,3 +65,41 @@ def test_console_script_is_installed():
     result = subprocess.run([str(Path(sys.executable).parent / "lightning-stepwise"), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def write_synthetic_run(directory, seed=0, stem="spectrum"):
+    run = stepwise_trajectories(16, rows=120, noise=0.1, seed=seed)
+    rows = len(run.steps)
+    save_spectrum({"step": run.steps.round().astype(np.int64), "epoch": np.arange(rows) // 10,
+                   "time": run.steps * 0.01, "loss": run.loss, "eigenvalues": run.eigenvalues}, directory, stem=stem)
+    return run
+
+
+def test_report_command_rerenders_table_and_figure(tmp_path, capsys):
+    run = write_synthetic_run(tmp_path / "logs" / "version_0" / "stepwise")
+    assert main(["report", str(tmp_path), "--x", "time"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "logs" / "version_0" / "stepwise"
+    table = load_onsets(folder / "onsets.json")
+    assert (folder / "stepwise.png").stat().st_size > 10_000 and (folder / "onsets.csv").exists()
+    assert f"{len(table)} modes learned" in out and "onset step" in out
+    # the saved table is the truth of the generator, within a measurement interval or two
+    found = np.array([r["onset_step"] for r in table])
+    assert len(found) >= 0.9 * len(run.onset_steps)
+    assert all(np.min(np.abs(run.onset_steps - f)) <= 2.5 * run.interval for f in found)
+
+
+def test_report_command_handles_several_points_and_an_output_folder(tmp_path, capsys):
+    write_synthetic_run(tmp_path, stem="spectrum_backbone")
+    write_synthetic_run(tmp_path, seed=1, stem="spectrum_projection_head")
+    assert main(["report", str(tmp_path), "--output", str(tmp_path / "out")]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        f"{kind}_{point}.{ext}" for point in ("backbone", "projection_head")
+        for kind, ext in (("onsets", "csv"), ("onsets", "json"), ("stepwise", "png"))}
+
+
+def test_report_command_explains_what_is_missing(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no spectrum*.npz" in capsys.readouterr().err

@@ -128,8 +128,9 @@ def test_several_tracking_points(tmp_path):
                                rtol=1e-6, atol=1e-12)
     assert monitor.histories["projection_head"]["eigenvalues"].shape == (1, 8)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "spectrum_backbone.npz", "spectrum_backbone.csv", "spectrum_projection_head.npz",
-        "spectrum_projection_head.csv"}
+        f"{kind}_{point}.{ext}" for point in ("backbone", "projection_head")
+        for kind, ext in (("spectrum", "npz"), ("spectrum", "csv"), ("onsets", "csv"), ("onsets", "json"),
+                          ("stepwise", "png"))}
 
 
 def test_missing_embeddings_fail_at_fit_start_with_guidance():
