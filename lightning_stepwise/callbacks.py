@@ -80,6 +80,9 @@ class _Point:
     def onsets(self) -> dict[int, dict[str, float]]:
         return self.tracker.records
 
+    def onset_table(self) -> list[dict[str, float]]:
+        return [self.tracker.records[m] for m in sorted(self.tracker.records)]
+
 
 @dataclass
 class _Window:
@@ -199,11 +202,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         if plot_x not in {"step", "time"}:
             raise ValueError(f"StepwiseMonitor: plot_x must be 'step' or 'time', got {plot_x!r}")
         self.onset_options = dict(onset_options or {})
-        unknown = set(self.onset_options) - {"min_rise", "min_relative_plateau", "smoothing", "plateau_rows"}
-        if unknown:
-            raise ValueError(f"StepwiseMonitor: unknown onset_options {sorted(unknown)}; "
-                             "known: min_rise, min_relative_plateau, smoothing, plateau_rows")
-        check_onset_options(**self.onset_options)
+        try:
+            check_onset_options(**self.onset_options)
+        except ValueError as err:
+            raise ValueError(f"StepwiseMonitor: onset_options: {err}") from None
         self.verbose = verbose
         self.plot_x = plot_x
         self.save_figure = save_figure
@@ -260,7 +262,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         """The onset table of one tracking point, by point name (see :attr:`histories`)."""
         for p in self._points:
             if p.point.name == point:
-                return [dict(p.onsets[m]) for m in sorted(p.onsets)]
+                return [dict(r) for r in p.onset_table()]
         raise KeyError(f"no tracking point {point!r}; tracked: {[p.point.name for p in self._points]}")
 
     @property
@@ -547,9 +549,9 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             arrays = p.history.as_arrays()
             save_spectrum(arrays, directory, stem=f"spectrum{suffix}")
             drops = self._loss_drops(arrays)
-            for record in match_loss_drops([p.onsets[m] for m in sorted(p.onsets)], drops):
+            for record in match_loss_drops(p.onset_table(), drops):
                 p.onsets[int(record["mode"])] = record
-            save_onsets([p.onsets[m] for m in sorted(p.onsets)], directory, stem=f"onsets{suffix}")
+            save_onsets(p.onset_table(), directory, stem=f"onsets{suffix}")
             if self.save_figure and len(arrays["step"]) >= 1:
                 self._save_figure(trainer, p, arrays, drops, directory / f"stepwise{suffix}.png")
         self.output_dir = directory
@@ -566,7 +568,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                      drops: Sequence[Mapping[str, float]], path: Path) -> None:
         try:
             x = self.plot_x if self.plot_x == "step" or np.all(np.isfinite(arrays["time"])) else "step"
-            fig = plot_stepwise(arrays, [p.onsets[m] for m in sorted(p.onsets)], drops, x=x,
+            fig = plot_stepwise(arrays, p.onset_table(), drops, x=x,
                                 title=f"{p.point.describe()}: {len(p.onsets)} modes learned", path=path)
         except Exception as err:  # a figure is never worth a failed run
             self._warn_once("figure", f"could not draw {path.name}: {err}")
@@ -605,7 +607,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
 
     @staticmethod
     def _point_state(p: _Point) -> dict[str, Any]:
-        onsets = [[float(p.onsets[m][c]) for c in ONSET_COLUMNS] for m in sorted(p.onsets)]
+        onsets = [[float(r[c]) for c in ONSET_COLUMNS] for r in p.onset_table()]
         state: dict[str, Any] = {"history": p.history.state_dict(), "dim": p.dim,
                                  "onsets": torch.tensor(onsets, dtype=torch.float64).reshape(-1, len(ONSET_COLUMNS)),
                                  "onset_columns": list(ONSET_COLUMNS), "onset_tracker": p.tracker.state_dict(),

@@ -5,22 +5,25 @@ a mode's *onset* is when its eigenvalue reaches half its plateau **in linear sca
 plateau of 1); its rise starts at 10 % and ends at 90 % of the plateau. A log-scale midpoint would
 land in the long exponential creep that precedes the turn into the plateau, far too early.
 
-How a mode is found, per column of the (sorted) eigenvalue rows:
+How a mode is found, per column of the (sorted) eigenvalue rows, in rank order:
 
 1. smooth with a running median over ``smoothing`` rows (a median keeps a monotone rise intact and
    drops isolated outliers);
-2. the *floor* is the running minimum; the mode has *risen* once the smoothed value is at least
-   ``min_rise`` times the floor for ``plateau_rows`` consecutive rows, and its plateau (below) is at
-   least ``min_relative_plateau`` of the largest eigenvalue at that time. A top eigenvalue that starts
-   enormous (partial collapse at initialisation) and falls never rises above its own running minimum,
-   so it is not a learned mode;
+2. the *floor* is the running minimum; the column has *risen* once the smoothed value stays at least
+   ``min_rise`` times the floor for ``plateau_rows`` rows. A top eigenvalue that starts enormous
+   (partial collapse at initialisation) and falls never rises above its own running minimum;
 3. the rise *levels off* at the first row that none of the next ``plateau_rows`` rows exceeds by more
-   than 2 %: its value is the plateau. Later movements (a slow decay, or a later mode overtaking it in the sorted
-   order) do not change a detected onset, so results are causal: an onset seen during training is
-   the onset in the final table;
-4. onset, rise start and rise end are the crossings of ½, 0.1 and 0.9 of the plateau between the floor
+   than 2 %: its value is the plateau;
+4. it is not a learned mode when the plateau is below ``min_relative_plateau`` of the largest
+   eigenvalue then (the whole spectrum often grows together early on), or no higher than
+   ``sqrt(min_rise)`` times the floor of the column above (a rank shift, see :func:`detect_onsets`);
+5. onset, rise start and rise end are the crossings of ½, 0.1 and 0.9 of the plateau between the floor
    and the plateau row, placed where a step function fits the smoothed values best and interpolated
    linearly between the two rows around it.
+
+Rows whose median window reaches past the last row are left out, so results are causal: an onset found
+during training is the onset in the final table, whatever happens later (a slow decay, a later mode
+overtaking it in the sorted order).
 
 Rows as :class:`~lightning_stepwise.StepwiseMonitor` records them are sorted per row, so column ``j``
 is the ``j``-th largest eigenvalue and ``mode = j`` is the ``j+1``-th mode learned: a mode that rises
@@ -38,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "DEFAULT_ONSET_OPTIONS",
     "LOSS_DROP_COLUMNS",
     "ONSET_COLUMNS",
     "OnsetInputWarning",
@@ -201,10 +205,13 @@ def _find_rise(m: np.ndarray, min_rise: float, plateau_rows: int) -> tuple[int |
     return left_at, floor_row, risen_at + int(leveled[0])
 
 
-def check_onset_options(
-    *, min_rise: float = 10.0, min_relative_plateau: float = 0.01, smoothing: int = 7, plateau_rows: int = 5
-) -> None:
-    """Raise ``ValueError`` naming the problem when an option of :func:`detect_onsets` is out of range.
+#: Defaults of the detection options of :func:`detect_onsets` (also those of :class:`OnsetTracker`).
+DEFAULT_ONSET_OPTIONS: dict[str, float] = {"min_rise": 10.0, "min_relative_plateau": 0.01, "smoothing": 7,
+                                           "plateau_rows": 5}
+
+
+def check_onset_options(**options: Any) -> dict[str, Any]:
+    """The detection options with defaults filled in; ``ValueError`` naming any unknown or out of range.
 
     Example:
         >>> check_onset_options(smoothing=4)
@@ -212,6 +219,12 @@ def check_onset_options(
         ...
         ValueError: smoothing must be an odd number of rows >= 1, got 4
     """
+    unknown = set(options) - set(DEFAULT_ONSET_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown onset options {sorted(unknown)}; known: {', '.join(DEFAULT_ONSET_OPTIONS)}")
+    merged = {**DEFAULT_ONSET_OPTIONS, **options}
+    min_rise, min_relative_plateau = merged["min_rise"], merged["min_relative_plateau"]
+    smoothing, plateau_rows = merged["smoothing"], merged["plateau_rows"]
     if not min_rise > 1:
         raise ValueError(f"min_rise must be > 1 (a factor above the floor), got {min_rise}")
     if not 0 <= min_relative_plateau <= 1:
@@ -220,6 +233,7 @@ def check_onset_options(
         raise ValueError(f"smoothing must be an odd number of rows >= 1, got {smoothing}")
     if not isinstance(plateau_rows, int) or plateau_rows < 1:
         raise ValueError(f"plateau_rows must be an integer >= 1, got {plateau_rows}")
+    return merged
 
 
 def detect_onsets(
@@ -252,6 +266,12 @@ def detect_onsets(
             (the confirmation delay; also the rows the rise must stay above ``min_rise`` × floor).
         per_mode: the columns are each one mode's own trajectory (e.g. a theory's prediction), not
             sorted spectra; they are then analysed independently and rows need not be sorted.
+
+    In sorted rows a column also rises when a mode below it is learned: as that mode climbs through
+    the floors, each one it passes moves down a rank, so the column takes a larger floor value. These
+    shifts are over once the column above has begun to leave its own floor, so the floor of column
+    ``j`` is looked for only from there, and a plateau no higher than ``sqrt(min_rise)`` times the
+    floor of the last learned column above is a shift, not a mode.
 
     Returns:
         One record (a dict with the keys of :data:`ONSET_COLUMNS`) per learned mode, by increasing
@@ -411,13 +431,11 @@ class OnsetTracker:
     """
 
     def __init__(self, lookahead: int = 32, settle_after: int = 8, **options: Any) -> None:
-        check_onset_options(**options)
         if lookahead < 1 or settle_after < 1:
             raise ValueError(f"lookahead and settle_after must be >= 1, got {lookahead} and {settle_after}")
         self.lookahead = lookahead
         self.settle_after = settle_after
-        self.options = {"min_rise": 10.0, "min_relative_plateau": 0.01, "smoothing": 7, "plateau_rows": 5,
-                        **options}
+        self.options = check_onset_options(**options)
         #: Confirmed records by mode.
         self.records: dict[int, dict[str, float]] = {}
         self._first = 0  # first column not settled

@@ -151,7 +151,7 @@ def test_a_failing_onset_detection_warns_and_training_goes_on(tmp_path, monkeypa
         fit(tmp_path, 30, monitor={"strict": True})
 
 
-@pytest.mark.parametrize("options, message", [({"bogus": 1}, "unknown onset_options"),
+@pytest.mark.parametrize("options, message", [({"bogus": 1}, "unknown onset options"),
                                               ({"min_rise": 0.5}, "min_rise"),
                                               ({"smoothing": 4}, "smoothing")])
 def test_onset_options_are_checked_at_construction(options, message):

@@ -730,3 +730,15 @@ def test_plot_stepwise(tmp_path, with_loss):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         plt.close(fig)
+
+
+def test_documented_defaults_are_the_ones_used():
+    import inspect
+
+    from lightning_stepwise.onsets import DEFAULT_ONSET_OPTIONS, OnsetTracker
+
+    signature = inspect.signature(detect_onsets).parameters
+    assert {k: signature[k].default for k in DEFAULT_ONSET_OPTIONS} == DEFAULT_ONSET_OPTIONS
+    assert OnsetTracker().options == DEFAULT_ONSET_OPTIONS
+    with pytest.raises(ValueError, match="unknown onset options"):
+        OnsetTracker(smoothingg=5)
