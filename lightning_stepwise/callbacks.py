@@ -34,9 +34,11 @@ from lightning_stepwise.report import plot_stepwise, save_onsets, save_spectrum
 from lightning_stepwise.spectrum import (
     CovarianceMoments,
     CovarianceRows,
+    CrossCorrelationSums,
     summarize_spectrum,
     uses_gram_route,
 )
+from lightning_stepwise.theory import TheoryPrediction
 
 try:  # Lightly's examples use the `pytorch_lightning` namespace; its Trainer checks its own base class.
     from pytorch_lightning.callbacks import Callback as _PLCallback
@@ -70,7 +72,7 @@ class _Point:
     normalize: bool
     history: SpectrumHistory
     dim: int | None = None
-    accumulator: CovarianceMoments | CovarianceRows | None = None
+    accumulator: CovarianceMoments | CovarianceRows | CrossCorrelationSums | None = None
     batches_needed: int = 0
     batches_accumulated: int = 0
     skipped_counted: int = 0
@@ -148,6 +150,12 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         plot_x: x axis of ``stepwise.png``: ``"step"`` or ``"time"`` (effective time).
         save_figure: write ``stepwise.png`` at fit end and send it to loggers that take images
             (TensorBoard, W&B).
+        spectrum: ``"covariance"`` (the covariance of all captured rows) or ``"cross_correlation"``
+            (the eigenvalues of ``C = (Z0ᵀZ1 + Z1ᵀZ0)/2n`` between the two views of each step, uncentred:
+            the linear theory's matrix; the captured rows of a step must be the two views stacked).
+        theory: a :class:`~lightning_stepwise.theory.TheoryPrediction` to hold the run against: its
+            curves are drawn dashed in ``stepwise.png`` and the onset table gets
+            ``predicted_onset_step`` and ``relative_error``.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -177,6 +185,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         verbose: bool = True,
         plot_x: str = "step",
         save_figure: bool = True,
+        spectrum: str = "covariance",
+        theory: TheoryPrediction | None = None,
     ) -> None:
         super().__init__()
         for arg, value, low in (("every_n_steps", every_n_steps, 1), ("window", window, 2),
@@ -209,6 +219,13 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self.verbose = verbose
         self.plot_x = plot_x
         self.save_figure = save_figure
+        if spectrum not in {"covariance", "cross_correlation"}:
+            raise ValueError(f"StepwiseMonitor: spectrum must be 'covariance' or 'cross_correlation', got {spectrum!r}")
+        self.spectrum = spectrum
+        if theory is not None and not isinstance(theory, TheoryPrediction):
+            raise TypeError("StepwiseMonitor: theory must be a TheoryPrediction, e.g. "
+                            "LinearSSLTheory.from_views(x0, x1).predict(lr=..., W0=...)")
+        self.theory = theory
 
         #: Batches whose embeddings were skipped because they were not finite (all ranks).
         self.skipped_batches = 0
@@ -299,6 +316,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                 p.tap.remove()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.theory is not None and self.spectrum != "cross_correlation":
+            self._warn_once("theory_spectrum", "the theory predicts the eigenvalues of the views' cross-correlation "
+                            "C; pass spectrum='cross_correlation' to compare like with like (the covariance has "
+                            "the same step times only when the two views' noise is small)")
         for p in self._points:
             p.tap.attach()  # again after a teardown, when the same monitor fits twice
             rank_zero_info(
@@ -412,6 +433,13 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             rows = torch.nn.functional.normalize(rows, dim=1)
         if self.strict and not bool(torch.isfinite(rows).all()):
             raise RuntimeError(f"StepwiseMonitor (strict=True): non-finite embeddings at {p.point.describe()}")
+        if self.spectrum == "cross_correlation" and rows.shape[0] % 2:
+            message = (f"{p.point.describe()} captured {rows.shape[0]} rows in a step, not two views of equal "
+                       "size: no cross-correlation for this batch")
+            if self.strict:
+                raise RuntimeError(f"StepwiseMonitor (strict=True): {message}")
+            self._warn_once(f"{p.point.name}:odd_views", message)
+            return
         if p.accumulator is None:
             self._start_accumulator(trainer, p, rows)
             return
@@ -438,7 +466,9 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             self._count_skipped(1)
         if global_rows == 0:
             return
-        if uses_gram_route(self.window, rows.shape[1]):
+        if self.spectrum == "cross_correlation":
+            p.accumulator = CrossCorrelationSums(rows.shape[1]).to(rows.device)
+        elif uses_gram_route(self.window, rows.shape[1]):
             p.accumulator = CovarianceRows(rows.shape[1]).to(rows.device)
         else:
             p.accumulator = CovarianceMoments(rows.shape[1], shift=total[1:] / global_rows).to(rows.device)
@@ -549,7 +579,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             arrays = p.history.as_arrays()
             save_spectrum(arrays, directory, stem=f"spectrum{suffix}")
             drops = self._loss_drops(arrays)
-            for record in match_loss_drops(p.onset_table(), drops):
+            table = match_loss_drops(p.onset_table(), drops)
+            if self.theory is not None and p is self._points[0]:
+                table = self.theory.annotate(table)
+            for record in table:
                 p.onsets[int(record["mode"])] = record
             save_onsets(p.onset_table(), directory, stem=f"onsets{suffix}")
             if self.save_figure and len(arrays["step"]) >= 1:
@@ -568,7 +601,14 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                      drops: Sequence[Mapping[str, float]], path: Path) -> None:
         try:
             x = self.plot_x if self.plot_x == "step" or np.all(np.isfinite(arrays["time"])) else "step"
-            fig = plot_stepwise(arrays, p.onset_table(), drops, x=x,
+            predicted = None
+            if self.theory is not None and p is self._points[0] and len(arrays["step"]):
+                grid = np.linspace(float(arrays["step"][0]), float(arrays["step"][-1]), 400)
+                predicted = {"step": grid, "eigenvalues": self.theory.eigenvalue_trajectories(grid),
+                             "loss": self.theory.loss_curve(grid)}
+            ylabel = ("covariance eigenvalue" if self.spectrum == "covariance"
+                      else "eigenvalue of C (views' cross-correlation)")
+            fig = plot_stepwise(arrays, p.onset_table(), drops, x=x, predicted=predicted, ylabel=ylabel,
                                 title=f"{p.point.describe()}: {len(p.onsets)} modes learned", path=path)
         except Exception as err:  # a figure is never worth a failed run
             self._warn_once("figure", f"could not draw {path.name}: {err}")
@@ -665,12 +705,14 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     @staticmethod
     def _restore_accumulator(
         saved: Mapping[str, Any] | None, dim: int | None
-    ) -> CovarianceMoments | CovarianceRows | None:
+    ) -> CovarianceMoments | CovarianceRows | CrossCorrelationSums | None:
         if saved is None or dim is None:
             return None
-        acc: CovarianceMoments | CovarianceRows
+        acc: CovarianceMoments | CovarianceRows | CrossCorrelationSums
         if saved["kind"] == "CovarianceMoments":
             acc = CovarianceMoments(dim, shift=saved["shift"])
+        elif saved["kind"] == "CrossCorrelationSums":
+            acc = CrossCorrelationSums(dim)
         else:
             acc = CovarianceRows(dim)
         for key, value in saved["states"].items():

@@ -67,6 +67,8 @@ ONSET_COLUMNS: tuple[str, ...] = (
     "confirmed_step",
     "loss_drop_step",
     "loss_drop",
+    "predicted_onset_step",
+    "relative_error",
 )
 
 #: Columns of a loss-drop record.
@@ -278,7 +280,8 @@ def detect_onsets(
         ``mode`` (the column index: the rank in the sorted spectrum). Steps are interpolated between
         rows, so they need not be whole numbers. ``confirmed_step`` is the last row the detection
         needed: an online detector knows the onset from then on. ``loss_drop_*`` are NaN until
-        :func:`match_loss_drops` fills them.
+        :func:`match_loss_drops` fills them, ``predicted_onset_step`` and ``relative_error`` until
+        :meth:`~lightning_stepwise.theory.TheoryPrediction.annotate` does.
 
     Raises:
         ValueError: fewer than 3 usable rows, steps not increasing, shapes that do not match, rows
@@ -406,6 +409,8 @@ def _scan(
             "confirmed_step": float(s[confirmed_row]),
             "loss_drop_step": math.nan,
             "loss_drop": math.nan,
+            "predicted_onset_step": math.nan,
+            "relative_error": math.nan,
         })
     return records, exits
 
@@ -486,7 +491,7 @@ class OnsetTracker:
         self._first = int(state["first"])
         self._resume_step = float(state["resume_step"])
         self._previous_floor = float(state["previous_floor"])
-        self.records = {int(r["mode"]): dict(r) for r in records}
+        self.records = {int(r["mode"]): {**r, "mode": int(r["mode"])} for r in records}
 
 
 def detect_loss_steps(

@@ -135,7 +135,11 @@ def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
            3         230            41     0.93      -                 -
     """
     header = "mode  onset step  rise (steps)  plateau  epoch  loss drop (step)"
+    with_theory = any(not _is_nan(r.get("predicted_onset_step", math.nan)) for r in records)
+    if with_theory:
+        header += "  predicted  rel. error"
     lines = [header]
+
     def num(r: Mapping[str, Any], key: str, fmt: str) -> str:
         v = r.get(key, math.nan)
         return "-" if v is None or _is_nan(v) else format(v, fmt)
@@ -144,8 +148,11 @@ def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
         drop = "-"
         if not _is_nan(r.get("loss_drop", math.nan)):
             drop = f"{r['loss_drop']:.3g} ({r['loss_drop_step']:.0f})"
-        lines.append(f"{int(r['mode']):4d}  {num(r, 'onset_step', '.0f'):>10}  {num(r, 'rise_steps', '.0f'):>12}  "
-                     f"{num(r, 'plateau', '.3g'):>7}  {num(r, 'onset_epoch', '.0f'):>5}  {drop:>16}")
+        line = (f"{int(r['mode']):4d}  {num(r, 'onset_step', '.0f'):>10}  {num(r, 'rise_steps', '.0f'):>12}  "
+                f"{num(r, 'plateau', '.3g'):>7}  {num(r, 'onset_epoch', '.0f'):>5}  {drop:>16}")
+        if with_theory:
+            line += f"  {num(r, 'predicted_onset_step', '.0f'):>9}  {num(r, 'relative_error', '+.1%'):>10}"
+        lines.append(line)
     if not records:
         lines.append("(no learned mode detected)")
     return "\n".join(lines)
@@ -176,6 +183,8 @@ def plot_stepwise(
     max_modes: int = 64,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    predicted: Mapping[str, np.ndarray] | None = None,
+    ylabel: str = "covariance eigenvalue",
 ) -> Any:
     """Eigenvalue trajectories (log scale, coloured by mode rank) with onsets marked, over the loss.
 
@@ -188,6 +197,9 @@ def plot_stepwise(
         max_modes: leading eigenvalues drawn.
         title: figure title.
         path: save the figure there (PNG) when given.
+        predicted: a theory's curves, drawn dashed: ``step`` (S,), ``eigenvalues`` (S × d, sorted per row)
+            and optionally ``loss`` (S,); see :class:`~lightning_stepwise.theory.TheoryPrediction`.
+        ylabel: label of the eigenvalue axis (which spectrum it is).
 
     Returns:
         A matplotlib ``Figure`` made without pyplot (no window opens; nothing to close).
@@ -235,16 +247,26 @@ def plot_stepwise(
         ax.axvline(ox, color=cmap(norm(j)), lw=0.5, alpha=0.35)
         ax.plot([ox], [0.5 * float(r["plateau"])], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6)
     ax.set_yscale("log")
+    if predicted is not None:
+        p_steps = np.asarray(predicted["step"], dtype=np.float64)
+        p_x = np.interp(p_steps, steps, xs) if x == "time" else p_steps
+        p_eig = np.asarray(predicted["eigenvalues"], dtype=np.float64)[:, :modes]
+        for j in range(p_eig.shape[1]):
+            ax.plot(p_x, np.where(p_eig[:, j] > 0, p_eig[:, j], np.nan), color=cmap(norm(j)), lw=1.0, ls="--",
+                    alpha=0.9, label="theory" if j == 0 else None)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.05), fontsize=8, frameon=False)
     low, high = _log_limits(positive)
     if low is not None:
         ax.set_ylim(low, high)
-    ax.set_ylabel("covariance eigenvalue")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or f"{len(onsets)} modes learned")
     ax.text(0.99, 0.02, "dots: onsets (half the plateau)", transform=ax.transAxes, ha="right", va="bottom",
             fontsize=8, color="0.3")
     if has_loss:
         lax = axes[1, 0]
         lax.plot(xs, loss, color="black", lw=1.1)
+        if predicted is not None and "loss" in predicted:
+            lax.plot(p_x, predicted["loss"], color="black", lw=1.0, ls="--", alpha=0.7)
         for d in loss_drops:
             lax.axvline(to_x(float(d["drop_step"])), color="tab:red", lw=0.8, ls="--")
         lax.set_ylabel("loss")

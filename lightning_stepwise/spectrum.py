@@ -12,7 +12,11 @@ Two ways to the same eigenvalues, chosen by cost:
 - Gram: when there are fewer samples ``N`` than dimensions ``d``, the nonzero eigenvalues of the
   covariance equal those of the ``N x N`` centred Gram matrix ``Zc Zc^T / (N - 1)``; the rest are 0.
 
-Both accumulators are torchmetrics ``Metric`` objects, so under DDP their states are reduced across
+A third accumulator, :class:`CrossCorrelationSums`, measures another spectrum on request: the
+eigenvalues of the symmetrised cross-correlation ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two views' embeddings
+(uncentred), the matrix of the linear theory and of the simplified Barlow Twins loss.
+
+All accumulators are torchmetrics ``Metric`` objects, so under DDP their states are reduced across
 ranks (sums for moments, concatenation for rows) and every rank computes the same spectrum, equal to
 that of one process seeing the global batch.
 """
@@ -30,6 +34,7 @@ __all__ = [
     "SpectrumSummary",
     "CovarianceMoments",
     "CovarianceRows",
+    "CrossCorrelationSums",
     "covariance_eigenvalues",
     "eigenvalues_from_gram",
     "eigenvalues_from_moments",
@@ -270,3 +275,41 @@ class CovarianceRows(_WindowMetric):
         if rows.shape[0] < 2:
             return self._no_spectrum(), count, self.skipped_batches
         return eigenvalues_from_gram(rows), count, self.skipped_batches
+
+
+class CrossCorrelationSums(_WindowMetric):
+    """Streaming ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two views; eigenvalues of the ``d x d`` matrix.
+
+    ``update`` takes the stacked views ``[Z0; Z1]`` (``2n x d``: the first half one view, the second
+    half the other, as captured from a two-view training step). Uncentred, like the linear theory's
+    ``C`` and the simplified Barlow Twins loss. Eigenvalues may be negative (views anti-correlated along
+    a direction). Sum-reducible across DDP ranks. Memory: ``d x d`` float64.
+
+    Example:
+        >>> z = torch.randn(100, 3, dtype=torch.float64)
+        >>> acc = CrossCorrelationSums(dim=3); acc.update(torch.cat([z, z]))
+        >>> eigenvalues, pairs, _ = acc.compute()
+        >>> bool(torch.allclose(eigenvalues, torch.linalg.eigvalsh(z.T @ z / 100).flip(0))), int(pairs)
+        (True, 100)
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("cross", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, rows: Tensor) -> None:
+        """Add the stacked views ``[Z0; Z1]`` of one step (``2n x d``; ``n`` pairs)."""
+        if rows.shape[0] % 2:
+            raise ValueError(f"expected the two views stacked, an even number of rows, got {rows.shape[0]}")
+        x, ok = self._finite_or_zero(rows)
+        z0, z1 = x.chunk(2)
+        self.count += ok * z0.shape[0]
+        self.cross += (z0.T @ z1) * ok
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(all ``d`` eigenvalues descending, pairs, skipped batches), float64, on the device."""
+        if float(self.count) < 1:
+            return self._no_spectrum(), self.count, self.skipped_batches
+        c = (self.cross + self.cross.T) / (2 * self.count)
+        return torch.linalg.eigvalsh(c).flip(0), self.count, self.skipped_batches

@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     return ddp, single
 
 
-@pytest.mark.parametrize("route", ["moments", "gram"])
+@pytest.mark.parametrize("route", ["moments", "gram", "cross"])
 def test_ddp_spectrum_is_identical_on_ranks_and_equals_the_global_batch(runs, route):
     ddp, single = runs
     rank0, rank1 = (np.load(ddp / f"{route}_rank{r}.npz") for r in (0, 1))

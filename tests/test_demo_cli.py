@@ -103,3 +103,12 @@ def test_report_command_explains_what_is_missing(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no spectrum*.npz" in capsys.readouterr().err
+
+
+def test_linear_theory_example_prints_observed_against_predicted(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "linear_theory.py"), "--max-steps", "400", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predicted  rel. error" in result.stdout and "modes learned" in result.stdout
+    assert (tmp_path / "stepwise" / "stepwise.png").exists() and (tmp_path / "stepwise" / "onsets.csv").exists()

@@ -1,4 +1,6 @@
-"""Train the tiny SSL module with two monitors; under DDP each rank saves what it recorded.
+"""Train the tiny SSL module with three monitors (two covariance routes, the cross-correlation).
+
+Under DDP each rank saves what it recorded.
 
 Usage: python ddp_spectrum.py OUT_DIR DEVICES BATCH_SIZE
 """
@@ -32,6 +34,8 @@ def main(out_dir: str, devices: int, batch_size: int) -> None:
     monitors = {
         "moments": StepwiseMonitor(every_n_steps=2, window=64, name="cov", dirpath=Path(out_dir) / "cov"),
         "gram": StepwiseMonitor(every_n_steps=2, window=4, name="gram", dirpath=Path(out_dir) / "gram"),
+        "cross": StepwiseMonitor(every_n_steps=2, window=64, name="cross", spectrum="cross_correlation",
+                                 dirpath=Path(out_dir) / "cross"),
     }
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=6,

@@ -1,0 +1,396 @@
+"""Closed-form dynamics of a linear (or kernel) model trained with the simplified Barlow Twins loss.
+
+The model is ``f(x) = W x`` with ``W`` of shape ``d × m``, trained by gradient descent on pairs of views
+``(x_i, x'_i)``, ``i = 1..n`` (Simon et al., ICML 2023; DESIGN.md §1). Conventions:
+
+- ``Γ = (1/2n) Σ_i (x_i x'_iᵀ + x'_i x_iᵀ) = Σ_k γ_k v_k v_kᵀ``, ``γ_1 ≥ γ_2 ≥ ...``: the symmetrised
+  cross-correlation of the features. Only modes with ``γ_k > 0`` can be learned.
+- Embedding cross-correlation ``C = W Γ Wᵀ``. Loss ``L = c ‖C − I‖²_F`` with a *loss scale* ``c``
+  (1 by default), so the gradient is ``4c (C − I) W Γ``.
+- Plain gradient descent with learning rate ``lr``: step ``s`` is at effective time ``t = c · lr · s``.
+  Scaling the loss by ``c`` divides every step time by ``c``. Step counts use the growth per step of
+  gradient *descent*, ``(1 + 4 c lr γ)²``, i.e. the rate ``2 ln(1 + 4 c lr γ)`` per step instead of
+  gradient flow's ``8 c lr γ``: the two agree as ``lr → 0``, and at ``4 c lr γ = 0.1`` gradient flow
+  would be 5 % early.
+- From an aligned start ``W(0) = U S(0) V_dᵀ`` each eigenvalue of ``C`` follows (in gradient flow) a logistic curve
+  ``λ_j(t) = 1 / (1 + (1/λ_j(0) − 1) e^{−8 γ_j t})`` with ``λ_j(0) = γ_j s_j(0)²``, and reaches ½ (its
+  step) at ``t_j = ln(1/λ_j(0) − 1) / (8 γ_j)``.
+- An init scale ``α`` means ``s_j(0) = α``. From an actual small random ``W(0)``, ``s_j(0) = |R_jj|`` of
+  the QR decomposition of ``W(0) V_d``: mode ``j`` grows from the part of ``W(0) v_j`` not already
+  taken by the modes learned before it.
+- The loss is ``Σ_j (λ_j − 1)²``: a staircase with plateaus at ``d − k`` after ``k`` modes.
+- At convergence ``W(∞) = U diag(γ_j^{−1/2}) V_dᵀ``: a whitened projection on the top-``d``
+  eigenvectors of ``Γ``, up to the rotation ``U``.
+
+Kernel machines ``f(x) = W φ(x)`` follow the same dynamics with the ``γ`` of ``K^{1/2} Z K^{1/2}``,
+``K`` the kernel over the ``2n`` stacked views and ``Z = (1/2n) [[0, I], [I, 0]]`` the pair swap.
+:func:`empirical_ntk` gives the kernel of a network at its current parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "LinearSSLTheory",
+    "TheoryPrediction",
+    "empirical_ntk",
+    "feature_cross_correlation",
+    "simplified_barlow_twins_loss",
+]
+
+
+def _as_array(values: ArrayLike | torch.Tensor, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().to(torch.float64).numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def feature_cross_correlation(x0: ArrayLike | torch.Tensor, x1: ArrayLike | torch.Tensor) -> np.ndarray:
+    """``Γ = (x0ᵀ x1 + x1ᵀ x0) / 2n`` for two views given as ``n × m`` matrices (arrays or tensors).
+
+    Example:
+        >>> x0 = np.array([[1.0, 0.0], [0.0, 2.0]]); x1 = np.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> feature_cross_correlation(x0, x1).tolist()
+        [[0.5, 0.0], [0.0, 1.0]]
+    """
+    a, b = _as_array(x0, "x0"), _as_array(x1, "x1")
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"the two views must be n × m matrices of the same shape, got {a.shape} and {b.shape}")
+    if a.shape[0] < 1:
+        raise ValueError("the views hold no samples")
+    return (a.T @ b + b.T @ a) / (2 * a.shape[0])
+
+
+def simplified_barlow_twins_loss(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """``‖C − I‖²_F`` with ``C`` the symmetrised cross-correlation of two ``n × d`` embeddings.
+
+    No centring, no per-dimension standardisation, off-diagonal weight 1: the loss the theory solves.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+        >>> float(simplified_barlow_twins_loss(z, z))     # C = zᵀz / n = 2 I: (2 - 1)² twice
+        2.0
+    """
+    n = z0.shape[0]
+    c = (z0.T @ z1 + z1.T @ z0) / (2 * n)
+    return ((c - torch.eye(c.shape[0], dtype=c.dtype, device=c.device)) ** 2).sum()
+
+
+@dataclass(frozen=True)
+class LinearSSLTheory:
+    """Predictions of the linear (or kernel) SSL theory for one dataset of view pairs.
+
+    Build it with :meth:`from_views` (features) or :meth:`from_kernel` (a kernel matrix).
+
+    Attributes:
+        gammas: eigenvalues of ``Γ``, descending.
+        eigenvectors: ``m × m`` matrix whose columns are the matching eigenvectors (``None`` for a kernel).
+        feature_covariance: covariance of the stacked views (``None`` for a kernel); used to predict
+            what a covariance monitor sees (:meth:`covariance_trajectories`).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x0 = rng.standard_normal((200, 6)) * np.arange(6, 0, -1); x1 = x0 + 0.1 * rng.standard_normal((200, 6))
+        >>> th = LinearSSLTheory.from_views(x0, x1)
+        >>> times = th.step_times(lr=1e-3, d=3, init_scale=1e-3)
+        >>> bool(np.all(np.diff(times) > 0))          # larger γ, learned earlier
+        True
+    """
+
+    gammas: np.ndarray
+    eigenvectors: np.ndarray | None = None
+    feature_covariance: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_views(cls, x0: ArrayLike | torch.Tensor, x1: ArrayLike | torch.Tensor) -> LinearSSLTheory:
+        """From two views, ``n × m`` each (row ``i`` of both is one positive pair)."""
+        gamma = feature_cross_correlation(x0, x1)
+        values, vectors = np.linalg.eigh(gamma)
+        order = np.argsort(values)[::-1]
+        stacked = np.concatenate([_as_array(x0, "x0"), _as_array(x1, "x1")])
+        covariance = np.cov(stacked, rowvar=False).reshape(gamma.shape)
+        theory = cls(values[order], vectors[:, order], covariance)
+        theory._warn_unlearnable()
+        return theory
+
+    @classmethod
+    def from_kernel(cls, kernel: ArrayLike | torch.Tensor) -> LinearSSLTheory:
+        """From a ``2n × 2n`` kernel matrix over the stacked views ``[x0; x1]`` (first all ``x0``).
+
+        The ``γ`` are the eigenvalues of ``K^{1/2} Z K^{1/2}``, ``Z = (1/2n) [[0, I], [I, 0]]``.
+        """
+        k = _as_array(kernel, "kernel")
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2:
+            raise ValueError(f"the kernel must be a square 2n × 2n matrix over [x0; x1], got shape {k.shape}")
+        if not np.allclose(k, k.T, rtol=1e-8, atol=1e-10 * np.abs(k).max()):
+            raise ValueError("the kernel matrix is not symmetric")
+        n = k.shape[0] // 2
+        values, vectors = np.linalg.eigh((k + k.T) / 2)
+        if values.min() < -1e-8 * max(values.max(), 0.0):
+            raise ValueError(f"the kernel matrix is not positive semi-definite (eigenvalue {values.min():.3g})")
+        root = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+        swap = np.zeros_like(k)
+        swap[:n, n:] = swap[n:, :n] = np.eye(n) / (2 * n)
+        gammas = np.linalg.eigvalsh(root @ swap @ root)[::-1]
+        theory = cls(gammas)
+        theory._warn_unlearnable()
+        return theory
+
+    def _warn_unlearnable(self) -> None:
+        unlearnable = len(self.gammas) - self.learnable
+        if unlearnable:
+            warnings.warn(f"{unlearnable} of {len(self.gammas)} modes have γ ≤ 0 (to rounding) and cannot be "
+                          f"learned; at most {self.learnable} modes will be", UserWarning, stacklevel=3)
+
+    @property
+    def learnable(self) -> int:
+        """Number of modes with ``γ > 0`` (beyond rounding): the most a model can learn from these views."""
+        scale = float(np.abs(self.gammas).max(initial=0.0))
+        return int((self.gammas > 1e-10 * scale).sum())
+
+    # ------------------------------------------------------------------ initial conditions
+
+    def initial_singular_values(self, d: int | None = None, *, init_scale: float | None = None,
+                                W0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
+        """``s_j(0)`` of the ``d`` modes: ``init_scale`` for each, or ``|R_jj|`` of the QR of ``W0 V_d``."""
+        if (init_scale is None) == (W0 is None):
+            raise ValueError("give exactly one of init_scale (the aligned start's singular value) and W0 "
+                             "(an actual initial weight matrix, d × m)")
+        if W0 is not None:
+            w = _as_array(W0, "W0")
+            if self.eigenvectors is None:
+                raise ValueError("W0 needs the feature eigenvectors: build the theory with from_views, or use "
+                                 "init_scale with a kernel theory")
+            if w.ndim != 2 or w.shape[1] != self.eigenvectors.shape[0]:
+                raise ValueError(f"W0 must be d × m with m = {self.eigenvectors.shape[0]} features, got {w.shape}")
+            if d is not None and d != w.shape[0]:
+                raise ValueError(f"d = {d} but W0 has {w.shape[0]} rows")
+            d = w.shape[0]
+            self._check_d(d)
+            r = np.linalg.qr(w @ self.eigenvectors[:, :d], mode="r")
+            return np.abs(np.diag(r))
+        if d is None:
+            raise ValueError("give d, the number of embedding dimensions, with init_scale")
+        self._check_d(d)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        return np.full(d, float(init_scale))
+
+    def _check_d(self, d: int) -> None:
+        if not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"d must be a positive integer, got {d!r}")
+        if d > len(self.gammas):
+            raise ValueError(f"d = {d} embedding dimensions, but the data has only {len(self.gammas)} modes")
+
+    def initial_eigenvalues(self, d: int | None = None, *, init_scale: float | None = None,
+                            W0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
+        """``λ_j(0) = γ_j s_j(0)²`` for the top ``d`` modes."""
+        s0 = self.initial_singular_values(d, init_scale=init_scale, W0=W0)
+        return self.gammas[: len(s0)] * s0**2
+
+    # ------------------------------------------------------------------ predictions
+
+    def step_times(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
+                   W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
+        """Optimizer steps at which each of the ``d`` modes is half learned (``λ_j = ½``).
+
+        ``inf`` for modes with ``γ ≤ 0`` (never learned); 0 for modes that start above ½.
+        """
+        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0)
+        growth = self.growth_per_step(lr, len(lam0), loss_scale)
+        times = np.full(len(lam0), np.inf)
+        rising = growth > 0
+        with np.errstate(divide="ignore"):
+            times[rising] = np.log(np.maximum(1 / lam0[rising] - 1, 1.0)) / growth[rising]
+        return times
+
+    def growth_per_step(self, lr: float, d: int, loss_scale: float = 1.0) -> np.ndarray:
+        """Log-growth per optimizer step of each mode's eigenvalue while small: ``2 ln(1 + 4 c lr γ_j)``.
+
+        Negative for ``γ_j < 0`` (the mode decays); ``-inf`` beyond the stability limit ``4 c lr γ ≤ −1``.
+        """
+        self._check_d(d)
+        step = 4 * self._rate(lr, loss_scale) * self.gammas[:d]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 2 * np.log1p(np.maximum(step, -1.0))
+
+    def eigenvalue_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
+                                init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
+                                loss_scale: float = 1.0) -> np.ndarray:
+        """``λ_j`` at each step, ``len(steps) × d`` (column ``j``: mode ``j``, in ``γ`` order; not sorted)."""
+        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0)
+        growth = self.growth_per_step(lr, len(lam0), loss_scale)
+        exponent = np.clip(-growth * np.asarray(steps, dtype=np.float64)[:, None], -700, 700)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = 1 / (1 + (1 / lam0 - 1) * np.exp(exponent))
+        return np.where(lam0 == 0, 0.0, lam)
+
+    def loss_curve(self, steps: ArrayLike, lr: float, d: int | None = None, *, init_scale: float | None = None,
+                   W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
+        """``c · Σ_j (λ_j − 1)²`` at each step: plateaus at ``c (d − k)`` after ``k`` modes are learned."""
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, loss_scale=loss_scale)
+        return loss_scale * ((lam - 1) ** 2).sum(axis=1)
+
+    def covariance_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
+                                init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
+                                loss_scale: float = 1.0) -> np.ndarray:
+        """What a covariance monitor sees along each mode: ``s_j(t)² · v_jᵀ Σ v_j``.
+
+        ``Σ`` is the covariance of the stacked views; :class:`~lightning_stepwise.StepwiseMonitor`
+        measures the covariance of the embeddings, not ``C``. Each column is ``λ_j(t)`` times
+        ``v_jᵀ Σ v_j / γ_j``, so it has the same step time; exact when ``Σ`` and ``Γ`` share eigenvectors.
+        """
+        if self.feature_covariance is None or self.eigenvectors is None:
+            raise ValueError("covariance_trajectories needs the features: build the theory with from_views")
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, loss_scale=loss_scale)
+        v = self.eigenvectors[:, : lam.shape[1]]
+        variance = np.einsum("mj,mk,kj->j", v, self.feature_covariance, v)
+        return lam * variance / self.gammas[: lam.shape[1]]
+
+    def final_embedding(self, d: int) -> np.ndarray:
+        """``W(∞) = diag(γ_j^{−1/2}) V_dᵀ`` (``d × m``), the whitened projection, up to a left rotation."""
+        if self.eigenvectors is None:
+            raise ValueError("final_embedding needs the feature eigenvectors: build the theory with from_views")
+        self._check_d(d)
+        if d > self.learnable:
+            raise ValueError(f"only {self.learnable} modes have γ > 0: W(∞) exists for d ≤ {self.learnable}")
+        return self.eigenvectors[:, :d].T / np.sqrt(self.gammas[:d])[:, None]
+
+    def predict(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
+                W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> TheoryPrediction:
+        """Fix the training set-up; the result answers for one run (e.g. ``StepwiseMonitor(theory=...)``)."""
+        w = None if W0 is None else _as_array(W0, "W0")
+        return TheoryPrediction(self, lr, d, init_scale=init_scale, W0=w, loss_scale=loss_scale)
+
+    @staticmethod
+    def _rate(lr: float, loss_scale: float) -> float:
+        if not lr > 0 or not loss_scale > 0:
+            raise ValueError(f"lr and loss_scale must be > 0, got {lr} and {loss_scale}")
+        return float(lr) * float(loss_scale)
+
+
+@dataclass(frozen=True)
+class TheoryPrediction:
+    """The theory for one training set-up (learning rate, width, initialisation, loss scale).
+
+    Made by :meth:`LinearSSLTheory.predict`. Curves come sorted per row, as a monitor records
+    eigenvalues, and :meth:`onset_steps` in learning order, so that row ``j`` of an onset table
+    (the ``j+1``-th mode learned) is compared with the ``j+1``-th predicted step.
+
+    Example:
+        >>> th = LinearSSLTheory(np.array([2.0, 1.0, 0.5]))
+        >>> prediction = th.predict(lr=0.01, d=2, init_scale=1e-3)
+        >>> prediction.annotate([{"mode": 0, "onset_step": 110.0}])[0]["predicted_onset_step"] > 0
+        True
+    """
+
+    theory: LinearSSLTheory
+    lr: float
+    d: int | None = None
+    init_scale: float | None = None
+    W0: np.ndarray | None = None
+    loss_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.theory.initial_eigenvalues(self.d, init_scale=self.init_scale, W0=self.W0)  # argument errors now
+        LinearSSLTheory._rate(self.lr, self.loss_scale)
+
+    def _args(self) -> dict[str, Any]:
+        return {"init_scale": self.init_scale, "W0": self.W0, "loss_scale": self.loss_scale}
+
+    def step_times(self) -> np.ndarray:
+        """Steps at which each mode is half learned, in ``γ`` order (``inf``: never)."""
+        return self.theory.step_times(self.lr, self.d, **self._args())
+
+    def onset_steps(self) -> np.ndarray:
+        """The finite step times in increasing order: the ``j``-th is the ``j+1``-th mode learned."""
+        times = self.step_times()
+        return np.sort(times[np.isfinite(times)])
+
+    def eigenvalue_trajectories(self, steps: ArrayLike) -> np.ndarray:
+        """Eigenvalues of ``C`` at each step, sorted descending per row (``len(steps) × d``)."""
+        lam = self.theory.eigenvalue_trajectories(steps, self.lr, self.d, **self._args())
+        return -np.sort(-lam, axis=1)
+
+    def loss_curve(self, steps: ArrayLike) -> np.ndarray:
+        """The predicted loss at each step."""
+        return self.theory.loss_curve(steps, self.lr, self.d, **self._args())
+
+    def annotate(self, onsets: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of onset records with ``predicted_onset_step`` and ``relative_error`` (observed / predicted − 1).
+
+        The record of ``mode`` ``j`` (rank ``j``: the ``j+1``-th mode learned) is compared with the
+        ``j+1``-th predicted onset; NaN beyond the predicted modes.
+        """
+        predicted = self.onset_steps()
+        out = []
+        for record in onsets:
+            j = int(record["mode"])
+            step = float(predicted[j]) if j < len(predicted) else float("nan")
+            error = float(record["onset_step"]) / step - 1 if step > 0 else float("nan")
+            out.append({**record, "predicted_onset_step": step, "relative_error": error})
+        return out
+
+
+def empirical_ntk(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    parameters: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """The empirical neural tangent kernel ``K(x, x') = (1/d) Σ_k ⟨∂f_k(x)/∂θ, ∂f_k(x')/∂θ⟩``.
+
+    Averaged over the ``d`` outputs, at the model's current parameters, with ``torch.func``. For the
+    kernel theory give it the stacked views ``[x0; x1]``: ``LinearSSLTheory.from_kernel(K)``.
+
+    Args:
+        model: maps ``N × ...`` inputs to ``N × d`` outputs (put BatchNorm in eval mode first).
+        inputs: the points, ``N × ...``.
+        batch_size: points per Jacobian batch (memory: ``batch_size × d × #parameters``).
+        parameters: names of the parameters to differentiate (default: all that require grad).
+
+    Returns:
+        ``N × N`` float64 tensor on the inputs' device.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2, bias=False)
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(empirical_ntk(lin, x), (x @ x.T).double(), atol=1e-5)   # linear: K = x·x'
+        True
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    named = dict(model.named_parameters())
+    names = list(parameters) if parameters is not None else [k for k, p in named.items() if p.requires_grad]
+    missing = set(names) - set(named)
+    if missing:
+        raise ValueError(f"no parameters {sorted(missing)} in the model; it has {sorted(named)}")
+    params = {k: named[k].detach() for k in names}
+    frozen = {k: v.detach() for k, v in named.items() if k not in params}
+    buffers = dict(model.named_buffers())
+
+    def output(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, ({**frozen, **p}, buffers), (x.unsqueeze(0),)).reshape(-1)
+
+    jacobian: Callable[..., Any] = vmap(jacrev(output), in_dims=(None, 0))
+    blocks = []
+    for start in range(0, len(inputs), batch_size):
+        jac = jacobian(params, inputs[start : start + batch_size])
+        blocks.append(torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2))
+    full = torch.cat(blocks).to(torch.float64)  # N × d × P
+    d = full.shape[1]
+    return torch.einsum("adp,bdp->ab", full, full) / d
