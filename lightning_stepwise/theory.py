@@ -98,6 +98,8 @@ class LinearSSLTheory:
         eigenvectors: ``m × m`` matrix whose columns are the matching eigenvectors (``None`` for a kernel).
         feature_covariance: covariance of the stacked views (``None`` for a kernel); used to predict
             what a covariance monitor sees (:meth:`covariance_trajectories`).
+        kernel_basis: for a kernel theory, ``K^{+1/2} u_j`` for the eigenvectors ``u_j`` of
+            ``K^{1/2} Z K^{1/2}`` (``2n × r``): maps the initial outputs ``F0`` to the modes (QR route).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -111,6 +113,7 @@ class LinearSSLTheory:
     gammas: np.ndarray
     eigenvectors: np.ndarray | None = None
     feature_covariance: np.ndarray | None = None
+    kernel_basis: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -141,11 +144,14 @@ class LinearSSLTheory:
         values, vectors = np.linalg.eigh((k + k.T) / 2)
         if values.min() < -1e-8 * max(values.max(), 0.0):
             raise ValueError(f"the kernel matrix is not positive semi-definite (eigenvalue {values.min():.3g})")
-        root = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+        kept = values > 1e-10 * max(values.max(), 0.0)
+        root = (vectors[:, kept] * np.sqrt(values[kept])) @ vectors[:, kept].T
+        root_pinv = (vectors[:, kept] / np.sqrt(values[kept])) @ vectors[:, kept].T
         swap = np.zeros_like(k)
         swap[:n, n:] = swap[n:, :n] = np.eye(n) / (2 * n)
-        gammas = np.linalg.eigvalsh(root @ swap @ root)[::-1]
-        theory = cls(gammas)
+        gammas, modes = np.linalg.eigh(root @ swap @ root)
+        order = np.argsort(gammas)[::-1]
+        theory = cls(gammas[order], kernel_basis=root_pinv @ modes[:, order])
         theory._warn_unlearnable()
         return theory
 
@@ -164,11 +170,30 @@ class LinearSSLTheory:
     # ------------------------------------------------------------------ initial conditions
 
     def initial_singular_values(self, d: int | None = None, *, init_scale: float | None = None,
-                                W0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
-        """``s_j(0)`` of the ``d`` modes: ``init_scale`` for each, or ``|R_jj|`` of the QR of ``W0 V_d``."""
-        if (init_scale is None) == (W0 is None):
-            raise ValueError("give exactly one of init_scale (the aligned start's singular value) and W0 "
-                             "(an actual initial weight matrix, d × m)")
+                                W0: ArrayLike | torch.Tensor | None = None,
+                                F0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
+        """``s_j(0)`` of the ``d`` modes: ``init_scale`` for each, or ``|R_jj|`` of a QR decomposition.
+
+        With ``W0`` (features): the QR of ``W0 V_d``. With ``F0`` (a kernel theory): the model's initial
+        outputs on the stacked views ``[x0; x1]`` (``2n × d``), and the QR of ``F0ᵀ K^{+1/2} U_d``,
+        the same matrix written in function space (``W0 v_j = F0ᵀ K^{+1/2} u_j`` for ``K = ΦΦᵀ``).
+        """
+        if sum(x is not None for x in (init_scale, W0, F0)) != 1:
+            raise ValueError("give exactly one of init_scale (the aligned start's singular value), W0 "
+                             "(an actual initial weight matrix, d × m) and F0 (initial outputs on [x0; x1], "
+                             "2n × d, for a kernel theory)")
+        if F0 is not None:
+            f = _as_array(F0, "F0")
+            if self.kernel_basis is None:
+                raise ValueError("F0 needs a kernel theory (from_kernel); with features give W0")
+            if f.ndim != 2 or f.shape[0] != self.kernel_basis.shape[0]:
+                raise ValueError(f"F0 must be 2n × d with 2n = {self.kernel_basis.shape[0]} points, got {f.shape}")
+            if d is not None and d != f.shape[1]:
+                raise ValueError(f"d = {d} but F0 has {f.shape[1]} columns")
+            d = f.shape[1]
+            self._check_d(d)
+            r = np.linalg.qr(f.T @ self.kernel_basis[:, :d], mode="r")
+            return np.abs(np.diag(r))
         if W0 is not None:
             w = _as_array(W0, "W0")
             if self.eigenvectors is None:
@@ -196,20 +221,22 @@ class LinearSSLTheory:
             raise ValueError(f"d = {d} embedding dimensions, but the data has only {len(self.gammas)} modes")
 
     def initial_eigenvalues(self, d: int | None = None, *, init_scale: float | None = None,
-                            W0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
+                            W0: ArrayLike | torch.Tensor | None = None,
+                            F0: ArrayLike | torch.Tensor | None = None) -> np.ndarray:
         """``λ_j(0) = γ_j s_j(0)²`` for the top ``d`` modes."""
-        s0 = self.initial_singular_values(d, init_scale=init_scale, W0=W0)
+        s0 = self.initial_singular_values(d, init_scale=init_scale, W0=W0, F0=F0)
         return self.gammas[: len(s0)] * s0**2
 
     # ------------------------------------------------------------------ predictions
 
     def step_times(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
-                   W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
+                   W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
+                   loss_scale: float = 1.0) -> np.ndarray:
         """Optimizer steps at which each of the ``d`` modes is half learned (``λ_j = ½``).
 
         ``inf`` for modes with ``γ ≤ 0`` (never learned); 0 for modes that start above ½.
         """
-        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0)
+        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0, F0=F0)
         growth = self.growth_per_step(lr, len(lam0), loss_scale)
         times = np.full(len(lam0), np.inf)
         rising = growth > 0
@@ -229,9 +256,9 @@ class LinearSSLTheory:
 
     def eigenvalue_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
                                 init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
-                                loss_scale: float = 1.0) -> np.ndarray:
+                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
         """``λ_j`` at each step, ``len(steps) × d`` (column ``j``: mode ``j``, in ``γ`` order; not sorted)."""
-        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0)
+        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0, F0=F0)
         growth = self.growth_per_step(lr, len(lam0), loss_scale)
         exponent = np.clip(-growth * np.asarray(steps, dtype=np.float64)[:, None], -700, 700)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -239,14 +266,15 @@ class LinearSSLTheory:
         return np.where(lam0 == 0, 0.0, lam)
 
     def loss_curve(self, steps: ArrayLike, lr: float, d: int | None = None, *, init_scale: float | None = None,
-                   W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
+                   W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
+                   loss_scale: float = 1.0) -> np.ndarray:
         """``c · Σ_j (λ_j − 1)²`` at each step: plateaus at ``c (d − k)`` after ``k`` modes are learned."""
-        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, loss_scale=loss_scale)
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale)
         return loss_scale * ((lam - 1) ** 2).sum(axis=1)
 
     def covariance_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
                                 init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
-                                loss_scale: float = 1.0) -> np.ndarray:
+                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
         """What a covariance monitor sees along each mode: ``s_j(t)² · v_jᵀ Σ v_j``.
 
         ``Σ`` is the covariance of the stacked views; :class:`~lightning_stepwise.StepwiseMonitor`
@@ -255,7 +283,7 @@ class LinearSSLTheory:
         """
         if self.feature_covariance is None or self.eigenvectors is None:
             raise ValueError("covariance_trajectories needs the features: build the theory with from_views")
-        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, loss_scale=loss_scale)
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale)
         v = self.eigenvectors[:, : lam.shape[1]]
         variance = np.einsum("mj,mk,kj->j", v, self.feature_covariance, v)
         return lam * variance / self.gammas[: lam.shape[1]]
@@ -270,10 +298,12 @@ class LinearSSLTheory:
         return self.eigenvectors[:, :d].T / np.sqrt(self.gammas[:d])[:, None]
 
     def predict(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
-                W0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> TheoryPrediction:
+                W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
+                loss_scale: float = 1.0) -> TheoryPrediction:
         """Fix the training set-up; the result answers for one run (e.g. ``StepwiseMonitor(theory=...)``)."""
         w = None if W0 is None else _as_array(W0, "W0")
-        return TheoryPrediction(self, lr, d, init_scale=init_scale, W0=w, loss_scale=loss_scale)
+        f = None if F0 is None else _as_array(F0, "F0")
+        return TheoryPrediction(self, lr, d, init_scale=init_scale, W0=w, F0=f, loss_scale=loss_scale)
 
     @staticmethod
     def _rate(lr: float, loss_scale: float) -> float:
@@ -302,14 +332,15 @@ class TheoryPrediction:
     d: int | None = None
     init_scale: float | None = None
     W0: np.ndarray | None = None
+    F0: np.ndarray | None = None
     loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        self.theory.initial_eigenvalues(self.d, init_scale=self.init_scale, W0=self.W0)  # argument errors now
+        self.theory.initial_eigenvalues(self.d, init_scale=self.init_scale, W0=self.W0, F0=self.F0)  # errors now
         LinearSSLTheory._rate(self.lr, self.loss_scale)
 
     def _args(self) -> dict[str, Any]:
-        return {"init_scale": self.init_scale, "W0": self.W0, "loss_scale": self.loss_scale}
+        return {"init_scale": self.init_scale, "W0": self.W0, "F0": self.F0, "loss_scale": self.loss_scale}
 
     def step_times(self) -> np.ndarray:
         """Steps at which each mode is half learned, in ``γ`` order (``inf``: never)."""
@@ -355,7 +386,10 @@ def empirical_ntk(
     """The empirical neural tangent kernel ``K(x, x') = (1/d) Σ_k ⟨∂f_k(x)/∂θ, ∂f_k(x')/∂θ⟩``.
 
     Averaged over the ``d`` outputs, at the model's current parameters, with ``torch.func``. For the
-    kernel theory give it the stacked views ``[x0; x1]``: ``LinearSSLTheory.from_kernel(K)``.
+    kernel theory give it the stacked views ``[x0; x1]``: ``LinearSSLTheory.from_kernel(K)``, and the
+    model's outputs on them as ``F0``. A wide network trained from a small output layer stays close to
+    this kernel (the lazy regime), so the theory then predicts which modes it learns, in which order
+    and when (``tests/test_theory.py`` checks a 1024-wide network).
 
     Args:
         model: maps ``N × ...`` inputs to ``N × d`` outputs (put BatchNorm in eval mode first).

@@ -261,3 +261,56 @@ def test_bad_views_and_kernels_are_refused():
         LinearSSLTheory.from_kernel(np.triu(np.ones((4, 4))))
     with pytest.raises(ValueError, match="positive semi-definite"):
         LinearSSLTheory.from_kernel(-np.eye(4))
+
+
+def test_kernel_qr_route_from_initial_outputs_equals_the_feature_qr_route():
+    x0, x1 = views(n=150, m=4, seed=8)
+    rng = np.random.default_rng(9)
+    omega, phase = rng.standard_normal((4, 40)), rng.uniform(0, 2 * np.pi, 40)
+    f0, f1 = (np.sqrt(2 / 40) * np.cos(x @ omega + phase) for x in (x0, x1))
+    W0 = 1e-4 * rng.standard_normal((3, 40))
+    features = np.concatenate([f0, f1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_kernel = LinearSSLTheory.from_kernel(features @ features.T)
+        by_features = LinearSSLTheory.from_views(f0, f1)
+    lr = 0.02 / by_features.gammas[0]
+    predicted = by_kernel.step_times(lr, F0=features @ W0.T)  # only the outputs, no weights
+    np.testing.assert_allclose(predicted, by_features.step_times(lr, W0=W0), rtol=1e-6)
+    steps, eigenvalues, _, _ = gradient_descent(f0, f1, W0, lr, int(predicted.max() * 1.3))
+    np.testing.assert_allclose(half_crossings(steps, eigenvalues), np.sort(predicted), rtol=0.03)
+    with pytest.raises(ValueError, match="F0 needs a kernel theory"):
+        by_features.step_times(lr, F0=features @ W0.T)
+    with pytest.raises(ValueError, match="F0 must be 2n × d"):
+        by_kernel.step_times(lr, F0=np.zeros((7, 3)))
+
+
+def test_empirical_ntk_predicts_a_wide_network_trained_in_all_its_layers():
+    # A 512-wide tanh network with a small output layer stays near its initial tangent kernel (lazy
+    # regime): the kernel theory, fed the NTK and the initial outputs, predicts when it learns each mode.
+    torch.manual_seed(0)
+    x0, x1 = (torch.tensor(v) for v in views(n=60, m=5, noise=0.2, seed=10, scales=[2.0, 1.2, 0.8, 0.5, 0.3]))
+    net = torch.nn.Sequential(torch.nn.Linear(5, 512, bias=False), torch.nn.Tanh(),
+                              torch.nn.Linear(512, 2, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.normal_(0, 5**-0.5)
+        net[2].weight.normal_(0, 1e-4 / 512**0.5)
+    stacked = torch.cat([x0, x1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theory = LinearSSLTheory.from_kernel(empirical_ntk(net, stacked))
+    lr = 0.02 / theory.gammas[0]
+    with torch.no_grad():
+        predicted = theory.step_times(lr, F0=net(stacked))
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    eigenvalues = []
+    for _ in range(int(predicted.max() * 1.2)):
+        z0, z1 = net(x0), net(x1)
+        c = (z0.T @ z1 + z1.T @ z0) / (2 * len(x0))
+        eigenvalues.append(torch.linalg.eigvalsh(c.detach()).flip(0).numpy())
+        optimizer.zero_grad()
+        ((c - torch.eye(c.shape[0], dtype=c.dtype)) ** 2).sum().backward()
+        optimizer.step()
+    eigenvalues = np.array(eigenvalues)
+    observed = half_crossings(np.arange(len(eigenvalues)), eigenvalues)
+    np.testing.assert_allclose(observed, np.sort(predicted), rtol=0.03)
