@@ -5,7 +5,7 @@ Example:
     >>> monitor = StepwiseMonitor(every_n_steps=25)
 """
 
-from lightning_stepwise.callbacks import StepwiseMonitor, StepwiseWarning
+from lightning_stepwise.callbacks import LinearProbe, StepwiseMonitor, StepwiseWarning
 from lightning_stepwise.capture import NoEmbeddingFoundError
 from lightning_stepwise.onsets import OnsetTracker, detect_loss_steps, detect_onsets
 from lightning_stepwise.report import format_onset_table, load_onsets, load_spectrum, plot_stepwise, save_spectrum
@@ -13,6 +13,7 @@ from lightning_stepwise.spectrum import covariance_eigenvalues, summarize_spectr
 from lightning_stepwise.theory import LinearSSLTheory, TheoryPrediction, empirical_ntk
 
 __all__ = [
+    "LinearProbe",
     "LinearSSLTheory",
     "NoEmbeddingFoundError",
     "OnsetTracker",

@@ -30,7 +30,8 @@ from lightning_stepwise.onsets import (
     detect_loss_steps,
     match_loss_drops,
 )
-from lightning_stepwise.report import plot_stepwise, save_onsets, save_spectrum
+from lightning_stepwise.probe import extract_features, fit_linear_probe, split_labelled_batch
+from lightning_stepwise.report import plot_stepwise, save_onsets, save_probe, save_spectrum
 from lightning_stepwise.spectrum import (
     CovarianceMoments,
     CovarianceRows,
@@ -47,7 +48,7 @@ try:  # Lightly's examples use the `pytorch_lightning` namespace; its Trainer ch
 except ImportError:  # pragma: no cover - pytorch_lightning is a dependency of lightly
     _CALLBACK_BASES = (_LightningCallback,)
 
-__all__ = ["StepwiseMonitor", "StepwiseWarning"]
+__all__ = ["LinearProbe", "StepwiseMonitor", "StepwiseWarning"]
 
 EmbeddingFn = Callable[[Any, Any], Tensor]
 _STATE_VERSION = 1
@@ -97,6 +98,16 @@ class _Window:
     loss_sum: Tensor | None = None
     loss_count: int = 0
     partial_measurement: int | None = None
+
+
+def _default_output_dir(trainer: Any) -> Path:
+    """``<trainer.log_dir>/stepwise`` (``default_root_dir`` without a logger); a collective under DDP."""
+    return Path(trainer.log_dir or trainer.default_root_dir) / "stepwise"
+
+
+def _cuda_devices(pl_module: Any) -> list[torch.device]:
+    device = getattr(pl_module, "device", torch.device("cpu"))
+    return [device] if device.type == "cuda" else []
 
 
 def _count(n: int, noun: str) -> str:
@@ -240,6 +251,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self._last_opened_step = -1
         self._warned: set[str] = set()
         self._pending_state: dict[str, Any] | None = None
+        self._default_dir: Path | None = None
 
     # ------------------------------------------------------------------ public records
 
@@ -290,6 +302,9 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ set-up
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            # trainer.log_dir is a collective under DDP: resolve it here, where every rank comes
+            self._default_dir = _default_output_dir(trainer)
         if stage != "fit" or self._points:
             return
         if self.embedding_fn is not None:
@@ -391,9 +406,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     def _call_embedding_fn(self, pl_module: Any, batch: Any) -> None:
         assert self.embedding_fn is not None
         buffers = [b.detach().clone() for b in pl_module.buffers()]
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with torch.random.fork_rng(devices=_cuda_devices(pl_module)), torch.no_grad():
                 out = self.embedding_fn(pl_module, batch)
         except Exception as err:
             if self.strict:
@@ -573,7 +587,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     def _write_files(self, trainer: Any) -> None:
         if not self._points or not trainer.is_global_zero:
             return
-        directory = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "stepwise"
+        directory = self.dirpath or self._default_dir or _default_output_dir(trainer)
         for p in self._points:
             suffix = "" if len(self._points) == 1 else f"_{p.point.name}"
             arrays = p.history.as_arrays()
@@ -719,3 +733,242 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             setattr(acc, key, list(value) if isinstance(value, list) else value.clone())
         acc._update_count = 1  # torchmetrics warns on compute() of a metric it thinks was never updated
         return acc
+
+
+class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
+    """Linear-probe accuracy of a module's frozen features, during and at the end of training.
+
+    Extracts features from labelled ``train_dataloader`` and ``val_dataloader`` (default: the
+    datamodule's) without gradients and with BatchNorm/Dropout in eval mode (the module's previous mode
+    is restored), fits :func:`~lightning_stepwise.probe.fit_linear_probe` and logs ``probe_top1``,
+    ``probe_top5`` to every logger. Runs at fit end, every ``every_n_epochs`` epochs, and, with
+    ``on_new_mode=True`` and a :class:`StepwiseMonitor` in the same Trainer, each time it learns a mode.
+    Under DDP each rank extracts its own loader's batches and the features are gathered, so every rank
+    fits the same probe. Results survive checkpoint resume and go to ``probe.csv`` (and the accuracy per
+    number of modes to ``probe_modes.csv`` / ``probe_modes.png``) next to the monitor's files.
+
+    Args:
+        train_dataloader: labelled batches ``(inputs, labels)`` to fit the probe on.
+        val_dataloader: labelled batches to measure it on.
+        feature_fn: ``fn(module, inputs) -> features``; default: the ``backbone`` output, flattened.
+        every_n_epochs: also probe at the end of every n-th epoch.
+        on_new_mode: also probe whenever the Trainer's StepwiseMonitor learns a new mode.
+        at_fit_end: probe when training ends.
+        method: ``"logistic"`` or ``"ridge"``; ``c``: inverse regularisation (see :mod:`lightning_stepwise.probe`).
+        c: inverse regularisation strength.
+        top_k: accuracies reported besides top-1.
+        modes: also report accuracy on the top-k covariance eigen-directions (at fit end).
+        dirpath: folder for the files (default: the monitor's, or ``<log_dir>/stepwise``).
+        name: metric prefix (``probe`` gives ``probe_top1``).
+        strict: raise when a probe fails during training instead of warning.
+
+    Example:
+        >>> probe = LinearProbe(train_loader, val_loader, every_n_epochs=5)    # doctest: +SKIP
+        >>> trainer = pl.Trainer(callbacks=[StepwiseMonitor(), probe])          # doctest: +SKIP
+        >>> probe.results[-1]["top1"]                                            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        train_dataloader: Any = None,
+        val_dataloader: Any = None,
+        *,
+        feature_fn: Callable[[Any, Tensor], Tensor] | None = None,
+        every_n_epochs: int | None = None,
+        on_new_mode: bool = False,
+        at_fit_end: bool = True,
+        method: str = "logistic",
+        c: float = 1.0,
+        top_k: Sequence[int] = (1, 5),
+        modes: bool = True,
+        dirpath: str | os.PathLike[str] | None = None,
+        name: str = "probe",
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
+            raise ValueError(f"LinearProbe: every_n_epochs must be an integer >= 1 or None, got {every_n_epochs!r}")
+        if method not in {"logistic", "ridge"}:
+            raise ValueError(f"LinearProbe: method must be 'logistic' or 'ridge', got {method!r}")
+        if not c > 0:
+            raise ValueError(f"LinearProbe: c must be > 0, got {c}")
+        if feature_fn is not None and not callable(feature_fn):
+            raise TypeError("LinearProbe: feature_fn must be callable as feature_fn(module, inputs)")
+        self.train_dataloader = train_dataloader
+        self.val_dataloader = val_dataloader
+        self.feature_fn = feature_fn
+        self.every_n_epochs = every_n_epochs
+        self.on_new_mode = on_new_mode
+        self.at_fit_end = at_fit_end
+        self.fit_options = {"method": method, "c": c, "top_k": tuple(top_k)}
+        self.modes = modes
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.name = name
+        self.strict = strict
+        #: One dict per probe run: step, epoch, modes_learned, trigger, top1, top5, train_top1, sizes.
+        self.results: list[dict[str, float]] = []
+        #: Accuracy per number of covariance eigen-directions, ``[(k, top1)]``, of the last fit-end probe.
+        self.modes_table: list[tuple[int, float]] = []
+        #: Folder the files were written to, once written.
+        self.output_dir: Path | None = None
+        self._loaders: tuple[Any, Any] | None = None
+        self._default_dir: Path | None = None
+        self._modes_seen = 0
+        self._warned: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    # ------------------------------------------------------------------ set-up: fail early, with guidance
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._default_dir = _default_output_dir(trainer)  # a collective under DDP: every rank comes here
+        train, val = self.train_dataloader, self.val_dataloader
+        datamodule = getattr(trainer, "datamodule", None)
+        if train is None and datamodule is not None and hasattr(datamodule, "train_dataloader"):
+            train = datamodule.train_dataloader()
+        if val is None and datamodule is not None and hasattr(datamodule, "val_dataloader"):
+            val = datamodule.val_dataloader()
+        if train is None or val is None:
+            raise ValueError("LinearProbe needs labelled train and validation dataloaders: pass "
+                             "LinearProbe(train_dataloader, val_dataloader), or fit with a datamodule that has "
+                             "train_dataloader() and val_dataloader() yielding (inputs, labels)")
+        with torch.random.fork_rng(devices=_cuda_devices(pl_module)):
+            self._check_loaders(pl_module, train, val)
+        self._loaders = (train, val)
+
+    def _check_loaders(self, pl_module: Any, train: Any, val: Any) -> None:
+        widths = []
+        for what, loader in (("train", train), ("validation", val)):
+            try:
+                batch = next(iter(loader))
+            except StopIteration:
+                raise ValueError(f"LinearProbe: the {what} dataloader is empty") from None
+            try:
+                features, _ = extract_features(pl_module, [batch], feature_fn=self.feature_fn)
+            except ValueError as err:
+                raise ValueError(f"LinearProbe: the {what} dataloader: {err}") from None
+            widths.append(features.shape[1])
+        if widths[0] != widths[1]:
+            raise ValueError(f"LinearProbe: train features have width {widths[0]} but validation features "
+                             f"{widths[1]}; both loaders must feed the same inputs")
+        classes: set[int] = set()
+        for batch in train:  # labels only: one cheap pass, so a one-class loader fails here, not later
+            classes.update(split_labelled_batch(batch)[1].unique().tolist())
+            if len(classes) > 1:
+                break
+        if len(classes) < 2:
+            raise ValueError(f"LinearProbe: the train dataloader holds a single class ({sorted(classes)}); "
+                             "a probe needs at least two")
+
+    # ------------------------------------------------------------------ when to probe
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.on_new_mode:
+            return
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        if monitor is not None and monitor.modes_learned > self._modes_seen:
+            self._modes_seen = monitor.modes_learned
+            self._probe(trainer, pl_module, "new_mode", with_modes=False)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._probe(trainer, pl_module, "epoch", with_modes=False)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.at_fit_end:
+            self._probe(trainer, pl_module, "fit_end", with_modes=self.modes)
+        self._write_files(trainer)
+
+    # ------------------------------------------------------------------ the probe
+
+    def _probe(self, trainer: Any, pl_module: Any, trigger: str, with_modes: bool) -> None:
+        if self._loaders is None:
+            return
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        learned = monitor.modes_learned if monitor is not None else None
+        try:
+            # iterating a DataLoader draws from the global RNG: fork it, so training's randomness is untouched
+            with torch.random.fork_rng(devices=_cuda_devices(pl_module)):
+                train_rows = extract_features(pl_module, self._loaders[0], feature_fn=self.feature_fn)
+                val_rows = extract_features(pl_module, self._loaders[1], feature_fn=self.feature_fn)
+            train = self._gathered(trainer, *train_rows)
+            val = self._gathered(trainer, *val_rows)
+            modes: bool | list[int] = False
+            if with_modes:
+                modes = [learned] if learned else True
+            result = fit_linear_probe(*train, *val, modes=modes, **self.fit_options)
+        except Exception as err:
+            if self.strict:
+                raise
+            key = f"probe:{type(err).__name__}"
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"LinearProbe: the probe at step {trainer.global_step} failed ({err}); training "
+                              "goes on (warned once)", StepwiseWarning, stacklevel=2)
+            return
+        row = {"step": float(trainer.global_step), "epoch": float(trainer.current_epoch),
+               "modes_learned": math.nan if learned is None else float(learned), "trigger": trigger,
+               "top1": result.top1, **{f"top{k}": v for k, v in result.topk.items()},
+               "train_top1": result.train_top1, "train_size": float(result.train_size),
+               "val_size": float(result.val_size), "width": float(result.width)}
+        self.results.append(row)
+        if result.modes:
+            self.modes_table = list(result.modes)
+        metrics = {f"{self.name}_top1": result.top1, **{f"{self.name}_top{k}": v for k, v in result.topk.items()}}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    @staticmethod
+    def _gathered(trainer: Any, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's rows, in rank order, on every rank (padding to the largest shard)."""
+        if getattr(trainer, "world_size", 1) <= 1:
+            return features, labels
+        strategy = trainer.strategy
+        sizes = strategy.all_gather(torch.tensor([features.shape[0]], device=features.device)).reshape(-1)
+        largest = int(sizes.max())
+        pad = largest - features.shape[0]
+        padded_f = torch.cat([features, features.new_zeros(pad, features.shape[1])])
+        padded_l = torch.cat([labels, labels.new_zeros(pad)])
+        all_f = strategy.all_gather(padded_f)
+        all_l = strategy.all_gather(padded_l)
+        keep = [slice(0, int(n)) for n in sizes]
+        return (torch.cat([all_f[r][keep[r]] for r in range(len(keep))]),
+                torch.cat([all_l[r][keep[r]] for r in range(len(keep))]))
+
+    # ------------------------------------------------------------------ files and state
+
+    def _write_files(self, trainer: Any) -> None:
+        if not trainer.is_global_zero or not self.results:
+            return
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        directory = self.dirpath or (monitor.output_dir if monitor is not None and monitor.output_dir else None) \
+            or self._default_dir
+        learned = monitor.modes_learned if monitor is not None else None
+        try:
+            save_probe(self.results, self.modes_table, directory, learned_modes=learned)
+        except Exception as err:  # files are never worth a failed run
+            warnings.warn(f"LinearProbe could not write its files: {err}", StepwiseWarning, stacklevel=2)
+            return
+        self.output_dir = Path(directory)
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = sorted({k for r in self.results for k in r if k != "trigger"})
+        return {
+            "columns": keys,
+            "rows": torch.tensor([[float(r.get(k, math.nan)) for k in keys] for r in self.results],
+                                 dtype=torch.float64).reshape(len(self.results), len(keys)),
+            "triggers": [r["trigger"] for r in self.results],
+            "modes_table": torch.tensor(self.modes_table, dtype=torch.float64).reshape(-1, 2),
+            "modes_seen": self._modes_seen,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        columns = state_dict["columns"]
+        self.results = [{**dict(zip(columns, row, strict=True)), "trigger": trigger}
+                        for row, trigger in zip(state_dict["rows"].tolist(), state_dict["triggers"], strict=True)]
+        self.modes_table = [(int(k), float(a)) for k, a in state_dict["modes_table"].tolist()]
+        self._modes_seen = int(state_dict["modes_seen"])

@@ -42,6 +42,68 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_class(spec: str) -> type:
+    import importlib
+
+    module_name, _, class_name = spec.partition(":")
+    if not class_name:
+        raise ValueError(f"--module-class must look like package.module:ClassName, got {spec!r}")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _probe_loaders(args: argparse.Namespace) -> tuple[object, object]:
+    from lightning_stepwise.data import digits_probe_loaders
+
+    if args.data == "digits":
+        return digits_probe_loaders(size=args.image_size, channels=args.channels, val_fraction=args.val_fraction)
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise ValueError(f"--data must be 'digits' or a folder of class sub-folders (torchvision ImageFolder); "
+                         f"{root} is not a folder")
+    steps = [transforms.Resize((args.image_size, args.image_size)), transforms.ToTensor()]
+    if args.channels == 1:
+        steps.insert(0, transforms.Grayscale())
+    dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    cut = int(round(len(order) * (1 - args.val_fraction)))
+    return (DataLoader(Subset(dataset, order[:cut]), batch_size=256),
+            DataLoader(Subset(dataset, order[cut:]), batch_size=256))
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lightning_stepwise.probe import format_modes, linear_probe
+    from lightning_stepwise.report import save_probe
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        print(f"lightning-stepwise probe: no checkpoint at {checkpoint}", file=sys.stderr)
+        return 2
+    try:
+        module_class = _load_class(args.module_class)
+        train, val = _probe_loaders(args)
+        result = linear_probe(str(checkpoint), train, val, module_class=module_class, method=args.method, c=args.c)
+    except (ValueError, ImportError, AttributeError, RuntimeError, KeyError) as err:
+        print(f"lightning-stepwise probe: {err}", file=sys.stderr)
+        return 2
+    row = {"step": 0, "top1": result["top1"], **{f"top{k}": v for k, v in result.topk.items()}}
+    print(f"{checkpoint}: {result.width}-d features, {result.train_size} train / {result.val_size} validation samples, "
+          f"{result.classes} classes")
+    print(f"top-1 {100 * result.top1:.1f} %" + "".join(f", top-{k} {100 * v:.1f} %" for k, v in result.topk.items()))
+    print(format_modes(result.modes))
+    if args.output:
+        paths = save_probe([{k: v for k, v in row.items() if k != "step"}], result.modes, args.output)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-stepwise`` console script.
 
@@ -79,6 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--smoothing", type=int, default=7, help="rows of the running median (odd)")
     report.add_argument("--plateau-rows", type=int, default=5, help="rows that must confirm a plateau")
     report.set_defaults(run=_report)
+    probe = commands.add_parser("probe", help="linear probe of a checkpoint's backbone features on a labelled dataset")
+    probe.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")
+    probe.add_argument("--module-class", default="lightning_stepwise.demo:DigitsBarlowTwins",
+                       help="package.module:ClassName of the LightningModule the checkpoint holds")
+    probe.add_argument("--data", default="digits",
+                       help="'digits' (embedded) or a folder of class sub-folders (torchvision ImageFolder)")
+    probe.add_argument("--image-size", type=int, default=16)
+    probe.add_argument("--channels", type=int, choices=[1, 3], default=1)
+    probe.add_argument("--val-fraction", type=float, default=0.3)
+    probe.add_argument("--method", choices=["logistic", "ridge"], default="logistic")
+    probe.add_argument("--c", type=float, default=1.0, help="inverse regularisation (scikit-learn's C)")
+    probe.add_argument("--output", default=None, help="folder for probe.csv, probe_modes.csv and probe_modes.png")
+    probe.set_defaults(run=_probe)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

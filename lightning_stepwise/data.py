@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["TwoViewCollate", "digits_dataloader", "load_digits_images", "random_view"]
+__all__ = ["TwoViewCollate", "digits_dataloader", "digits_probe_loaders", "load_digits_images", "random_view"]
 
 
 def load_digits_images(size: int = 16, channels: int = 1) -> tuple[Tensor, Tensor]:
@@ -96,3 +96,25 @@ def digits_dataloader(batch_size: int = 256, size: int = 16, channels: int = 1, 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
                       drop_last=drop_last, collate_fn=TwoViewCollate(), generator=generator)
+
+
+def digits_probe_loaders(size: int = 16, channels: int = 1, batch_size: int = 512, val_fraction: float = 0.3,
+                         seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Labelled, un-augmented ``(image, label)`` loaders over a fixed train/validation split of the digits.
+
+    For linear probes: the same images the SSL loaders augment, without augmentation.
+
+    Example:
+        >>> train, val = digits_probe_loaders(size=8)
+        >>> x, y = next(iter(train))
+        >>> tuple(x.shape[1:]), len(train.dataset) + len(val.dataset)
+        ((1, 8, 8), 1797)
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    images, labels = load_digits_images(size, channels)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    cut = int(round(len(images) * (1 - val_fraction)))
+    train, val = order[:cut], order[cut:]
+    return (DataLoader(TensorDataset(images[train], labels[train]), batch_size=batch_size, shuffle=False),
+            DataLoader(TensorDataset(images[val], labels[val]), batch_size=batch_size, shuffle=False))

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_stepwise.callbacks import StepwiseMonitor
-from lightning_stepwise.data import digits_dataloader
+from lightning_stepwise.callbacks import LinearProbe, StepwiseMonitor
+from lightning_stepwise.data import digits_dataloader, digits_probe_loaders
+from lightning_stepwise.probe import format_probe_table
 from lightning_stepwise.report import format_onset_table
 
 __all__ = ["DigitsBarlowTwins", "format_summary", "run_demo", "small_conv_backbone"]
@@ -113,18 +114,21 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     Example:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
         >>> sorted(p.name for p in monitor.output_dir.iterdir())                              # doctest: +SKIP
-        ['onsets.csv', 'onsets.json', 'spectrum.csv', 'spectrum.npz', 'stepwise.png']
+        ['onsets.csv', 'onsets.json', 'probe.csv', 'probe_modes.csv', 'probe_modes.png', 'spectrum.csv', ...]
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     loader = digits_dataloader(batch_size=batch_size, seed=seed)
     model = DigitsBarlowTwins(init_scale=init_scale)
     monitor = StepwiseMonitor(every_n_steps=every_n_steps)
+    probe = LinearProbe(*digits_probe_loaders(size=16), on_new_mode=True)
     output = Path(output)
     trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1, callbacks=[monitor],
+        max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1,
+        callbacks=[monitor, probe, pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", save_last=True,
+                                                                save_top_k=0)],
         logger=pl.loggers.CSVLogger(output, name="logs"), default_root_dir=output,
-        enable_checkpointing=False, enable_progress_bar=not quiet, enable_model_summary=False,
+        enable_checkpointing=True, enable_progress_bar=not quiet, enable_model_summary=False,
         log_every_n_steps=10,
     )
     trainer.fit(model, loader)
@@ -138,6 +142,11 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
         print(f"\n{monitor.modes_learned} modes learned (onset: the step at which a mode's eigenvalue reaches "
               "half its plateau; loss drop: the drop of the loss matched to it):")
         print(format_onset_table(monitor.onsets))
-        print(f"\nFiles: {monitor.output_dir}/ spectrum.npz, spectrum.csv, onsets.csv, onsets.json, stepwise.png; "
-              f"logger: {trainer.log_dir}")
+        print("\nLinear probe of the backbone features on the digits' labels (1,258 train / 539 validation "
+              "images, un-augmented), each time a mode was learned and at the end; then using only the top-k "
+              "eigen-directions of the features' covariance:")
+        print(format_probe_table(probe.results, probe.modes_table))
+        print(f"\nFiles: {monitor.output_dir}/ spectrum.npz, spectrum.csv, onsets.csv, onsets.json, stepwise.png, "
+              f"probe.csv, probe_modes.csv, probe_modes.png; logger: {trainer.log_dir}; checkpoint: "
+              f"{output / 'checkpoints' / 'last.ckpt'} (lightning-stepwise probe CHECKPOINT probes it again)")
     return monitor

@@ -25,9 +25,11 @@ __all__ = [
     "format_onset_table",
     "load_onsets",
     "load_spectrum",
+    "plot_probe_modes",
     "plot_stepwise",
     "report_run",
     "save_onsets",
+    "save_probe",
     "save_spectrum",
 ]
 
@@ -362,3 +364,71 @@ def report_run(
                       title=f"{path.parent.name}/{path.name}: {len(onsets)} modes learned")
         reports.append(RunReport(path, onsets, drops, csv_path, json_path, figure))
     return reports
+
+
+def plot_probe_modes(
+    modes: Sequence[tuple[int, float]],
+    *,
+    learned_modes: int | None = None,
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Probe accuracy against the number of leading covariance eigen-directions kept.
+
+    Example:
+        >>> fig = plot_probe_modes([(1, 0.3), (2, 0.55), (4, 0.8), (8, 0.9)], learned_modes=5)
+        >>> fig.axes[0].get_xlabel()
+        'leading eigen-directions kept (k)'
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
+    if modes:
+        ks, accuracies = zip(*modes, strict=True)
+        ax.plot(ks, [100 * a for a in accuracies], "o-", color="tab:blue")
+        ax.set_xscale("log", base=2)
+    if learned_modes:
+        ax.axvline(learned_modes, color="tab:red", ls="--", lw=1, label=f"{learned_modes} modes learned")
+        ax.legend(loc="lower right", frameon=False)
+    ax.set_xlabel("leading eigen-directions kept (k)")
+    ax.set_ylabel("probe top-1 accuracy (%)")
+    ax.set_title(title or "which modes carry label information")
+    ax.grid(alpha=0.3)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def save_probe(
+    rows: Sequence[Mapping[str, Any]],
+    modes: Sequence[tuple[int, float]],
+    directory: str | os.PathLike[str],
+    *,
+    learned_modes: int | None = None,
+) -> list[Path]:
+    """Write ``probe.csv`` (one row per probe run), and ``probe_modes.csv`` / ``probe_modes.png`` when given.
+
+    Example:
+        >>> import tempfile
+        >>> paths = save_probe([{"step": 10, "top1": 0.5}], [(1, 0.4), (2, 0.5)], tempfile.mkdtemp())
+        >>> [p.name for p in paths]
+        ['probe.csv', 'probe_modes.csv', 'probe_modes.png']
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    paths = [out / "probe.csv"]
+    with paths[0].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if _is_nan(r.get(k, math.nan)) else r.get(k)) for k in columns} for r in rows)
+    if modes:
+        paths.append(out / "probe_modes.csv")
+        with paths[-1].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["k", "top1"])
+            writer.writerows(modes)
+        paths.append(out / "probe_modes.png")
+        plot_probe_modes(modes, learned_modes=learned_modes, path=paths[-1])
+    return paths

@@ -47,3 +47,27 @@ def test_only_rank_zero_writes_files(runs):
     ddp, _ = runs
     assert sorted(p.name for p in (ddp / "cov").iterdir()) == [
         "onsets.csv", "onsets.json", "spectrum.csv", "spectrum.npz", "stepwise.png"]
+
+
+PROBE_SCRIPT = Path(__file__).parent / "scripts" / "ddp_probe.py"
+
+
+def test_ddp_probe_gathers_every_shard_and_agrees_across_ranks(tmp_path):
+    import json
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    for name, devices in (("ddp", 2), ("single", 1)):
+        (tmp_path / name).mkdir()
+        result = subprocess.run([sys.executable, str(PROBE_SCRIPT), str(tmp_path / name), str(devices)],
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / "ddp" / f"probe_rank{r}.json").read_text()) for r in (0, 1))
+    single = json.loads((tmp_path / "single" / "probe_rank0.json").read_text())
+    assert rank0 == rank1  # the same probe on every rank
+    assert rank0["train_size"] == 80 and rank0["val_size"] == 40  # both shards, gathered
+    # the gathered rows come in rank order, not the single process's order: same data, same optimum
+    assert rank0["top1"] == pytest.approx(single["top1"], abs=1 / 40)
+    assert [k for k, _ in rank0["modes"]] == [k for k, _ in single["modes"]]
+    # default folders (no dirpath) work under DDP: the monitor's files and the probe's, written once
+    files = {p.name for p in (tmp_path / "ddp" / "stepwise").iterdir()}
+    assert {"spectrum.npz", "onsets.csv", "probe.csv", "probe_modes.png"} <= files

@@ -22,7 +22,9 @@ def test_demo_command_trains_prints_and_writes(tmp_path, capsys):
     files = list(tmp_path.rglob("spectrum.npz"))
     assert len(files) == 1
     assert {p.name for p in files[0].parent.iterdir()} == {
-        "spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png"}
+        "spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png", "probe.csv", "probe_modes.csv",
+        "probe_modes.png"}
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     history = load_spectrum(files[0])
     assert list(history["step"]) == [0, 8, 16]
     assert history["eigenvalues"].shape == (3, 64)
@@ -35,6 +37,7 @@ def test_demo_summary_table_names_the_columns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "eff.rank" in out and "spectrum.npz" in out and str(tmp_path) in out
     assert "modes learned" in out and "onset step" in out  # the per-mode table
+    assert "Linear probe" in out and "top-k eigen-directions" in out
 
 
 def test_format_summary_picks_even_rows():
@@ -112,3 +115,22 @@ def test_linear_theory_example_prints_observed_against_predicted(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "predicted  rel. error" in result.stdout and "modes learned" in result.stdout
     assert (tmp_path / "stepwise" / "stepwise.png").exists() and (tmp_path / "stepwise" / "onsets.csv").exists()
+
+
+def test_probe_command_probes_a_demo_checkpoint(tmp_path, capsys):
+    import lightning.pytorch as pl
+
+    from lightning_stepwise.demo import DigitsBarlowTwins
+
+    model = DigitsBarlowTwins()
+    t = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path)
+    t.fit(model, digits_dataloader(batch_size=32, seed=0))
+    t.save_checkpoint(tmp_path / "demo.ckpt")
+    assert main(["probe", str(tmp_path / "demo.ckpt"), "--output", str(tmp_path / "probe")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-k eigen-directions" in out and "1258 train / 539 validation" in out
+    assert {p.name for p in (tmp_path / "probe").iterdir()} == {"probe.csv", "probe_modes.csv", "probe_modes.png"}
+    assert main(["probe", str(tmp_path / "missing.ckpt")]) == 2
+    assert main(["probe", str(tmp_path / "demo.ckpt"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
