@@ -105,6 +105,11 @@ def _default_output_dir(trainer: Any) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir) / "stepwise"
 
 
+def _monitor_of(trainer: Any) -> StepwiseMonitor | None:
+    """The Trainer's first StepwiseMonitor, if any."""
+    return next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+
+
 def _cuda_devices(pl_module: Any) -> list[torch.device]:
     device = getattr(pl_module, "device", torch.device("cpu"))
     return [device] if device.type == "cuda" else []
@@ -869,7 +874,7 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.on_new_mode:
             return
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        monitor = _monitor_of(trainer)
         if monitor is not None and monitor.modes_learned > self._modes_seen:
             self._modes_seen = monitor.modes_learned
             self._probe(trainer, pl_module, "new_mode", with_modes=False)
@@ -888,7 +893,7 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
     def _probe(self, trainer: Any, pl_module: Any, trigger: str, with_modes: bool) -> None:
         if self._loaders is None:
             return
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        monitor = _monitor_of(trainer)
         learned = monitor.modes_learned if monitor is not None else None
         try:
             # iterating a DataLoader draws from the global RNG: fork it, so training's randomness is untouched
@@ -944,7 +949,7 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
     def _write_files(self, trainer: Any) -> None:
         if not trainer.is_global_zero or not self.results:
             return
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
+        monitor = _monitor_of(trainer)
         directory = self.dirpath or (monitor.output_dir if monitor is not None and monitor.output_dir else None) \
             or self._default_dir
         learned = monitor.modes_learned if monitor is not None else None
