@@ -30,7 +30,7 @@ from lightning_stepwise.onsets import (
     detect_loss_steps,
     match_loss_drops,
 )
-from lightning_stepwise.probe import extract_features, fit_linear_probe, split_labelled_batch
+from lightning_stepwise.probe import extract_features, fit_linear_probe, point_features, split_labelled_batch
 from lightning_stepwise.report import plot_stepwise, save_onsets, save_probe, save_spectrum
 from lightning_stepwise.spectrum import (
     CovarianceMoments,
@@ -756,6 +756,8 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
         train_dataloader: labelled batches ``(inputs, labels)`` to fit the probe on.
         val_dataloader: labelled batches to measure it on.
         feature_fn: ``fn(module, inputs) -> features``; default: the ``backbone`` output, flattened.
+        point: instead of ``feature_fn``, a dotted submodule path whose output ``forward`` produces, e.g.
+            ``"projection_head"`` (see :func:`~lightning_stepwise.probe.point_features`).
         every_n_epochs: also probe at the end of every n-th epoch.
         on_new_mode: also probe whenever the Trainer's StepwiseMonitor learns a new mode.
         at_fit_end: probe when training ends.
@@ -779,6 +781,7 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
         val_dataloader: Any = None,
         *,
         feature_fn: Callable[[Any, Tensor], Tensor] | None = None,
+        point: str | None = None,
         every_n_epochs: int | None = None,
         on_new_mode: bool = False,
         at_fit_end: bool = True,
@@ -799,6 +802,10 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
             raise ValueError(f"LinearProbe: c must be > 0, got {c}")
         if feature_fn is not None and not callable(feature_fn):
             raise TypeError("LinearProbe: feature_fn must be callable as feature_fn(module, inputs)")
+        if feature_fn is not None and point is not None:
+            raise ValueError("LinearProbe: give either feature_fn or point, not both")
+        if point is not None:
+            feature_fn = point_features(point)
         self.train_dataloader = train_dataloader
         self.val_dataloader = val_dataloader
         self.feature_fn = feature_fn

@@ -33,6 +33,7 @@ __all__ = [
     "fit_linear_probe",
     "linear_probe",
     "mode_counts",
+    "point_features",
     "split_labelled_batch",
 ]
 
@@ -244,6 +245,40 @@ def fit_linear_probe(
 
 
 FeatureFn = Callable[[nn.Module, Tensor], Tensor]
+
+
+def point_features(path: str) -> FeatureFn:
+    """A ``feature_fn`` that runs the module's ``forward`` and takes the output of submodule ``path``.
+
+    For a point that ``forward`` passes through, e.g. ``"projection_head"`` of a Lightly module, or any
+    point the monitor tracks. Raises ``ValueError`` naming the submodules when ``path`` does not exist.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+        >>> point_features("1")(net, torch.randn(4, 3)).shape
+        torch.Size([4, 5])
+    """
+    def features(module: nn.Module, x: Tensor) -> Tensor:
+        try:
+            target = module.get_submodule(path)
+        except AttributeError:
+            names = [name for name, _ in module.named_children()]
+            raise ValueError(f"no submodule {path!r} to probe; the module has {names}") from None
+        captured: list[Tensor] = []
+
+        def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+        handle = target.register_forward_hook(keep)
+        try:
+            module(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(f"the module's forward does not run {path!r}: pass a feature_fn instead")
+        return captured[0].flatten(1)
+
+    return features
 
 
 def _default_features(module: nn.Module, x: Tensor) -> Tensor:

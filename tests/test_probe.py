@@ -292,3 +292,22 @@ def test_a_trained_demo_encoder_beats_its_random_initialisation():
     assert trained["top1"] > random_init["top1"]
     before, after = dict(random_init["modes"]), dict(trained["modes"])
     assert after[4] - before[4] >= 0.05 and after[16] - before[16] >= 0.02
+
+
+def test_probe_a_named_point_of_the_forward_pass():
+    from lightning_stepwise.probe import point_features
+
+    model = make_ssl_module()
+    train, val = labelled_loaders()
+    probe = LinearProbe(train, val, point="projection_head", modes=False)
+    trainer(max_steps=2, callbacks=[probe]).fit(model, pair_loader())
+    assert probe.results[-1]["width"] == 8  # the projection head's width, not the backbone's 16
+    x = next(iter(train))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(point_features("projection_head")(model, x), model(x))
+    with pytest.raises(ValueError, match="no submodule 'nope'"):
+        point_features("nope")(model, x)
+    with pytest.raises(ValueError, match="either feature_fn or point"):
+        LinearProbe(feature_fn=lambda m, x: x, point="backbone")
+    with pytest.raises(ValueError, match="no submodule"):
+        trainer(max_steps=1, callbacks=[LinearProbe(train, val, point="nope")]).fit(make_ssl_module(), pair_loader())
