@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for the monitor, as one short script (a few minutes on one H100/H200):
 #   1. the CUDA tests (accumulation on the device against the float64 CPU reference) and the Trainer tests;
-#   2. the overhead table on the GPU (bf16 autocast).
+#   2. the overhead table on the GPU (bf16 autocast): the demo model, then ResNet-18 and ResNet-50 (3.).
 # On a machine without the package's dependencies installed, carry Lightly as a wheel in .whl/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +16,11 @@ python3 -c "import torch, lightning, torchmetrics; print('torch', torch.__versio
 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_spectrum.py tests/test_monitor.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
 python3 benchmarks/overhead.py --device cuda --steps "${STEPS:-200}" --rounds "${ROUNDS:-5}" 2>&1 \
   | grep -E '^\||^machine|^model|^per round' | tee "$OUT/overhead_gpu.txt"
+# 3. issue 6's tables: ResNet-18 / 2048 at 32 px and ResNet-50 / 8192 at 96 px, batch 256, random images
+#    in memory, with the monitor's extra peak GPU memory.
+python3 benchmarks/overhead.py --device cuda --arch resnet18 --dim 2048 --batch-size 256 --image-size 32 \
+  --steps "${STEPS:-100}" --rounds "${ROUNDS:-3}" 2>&1 | grep -E '^\||^machine|^model|^peak|^per round' \
+  | tee "$OUT/overhead_resnet18.txt"
+python3 benchmarks/overhead.py --device cuda --arch resnet50 --dim 8192 --batch-size 256 --image-size 96 \
+  --steps "${STEPS:-100}" --rounds "${ROUNDS:-3}" 2>&1 | grep -E '^\||^machine|^model|^peak|^per round' \
+  | tee "$OUT/overhead_resnet50.txt"

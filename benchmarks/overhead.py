@@ -1,7 +1,14 @@
-"""Monitor overhead: the demo model trained with and without StepwiseMonitor, alternating, in one process.
+"""Monitor overhead: a model trained with and without StepwiseMonitor, alternating, in one process.
 
     python benchmarks/overhead.py                 # CPU, the demo model at default monitor settings
     python benchmarks/overhead.py --device cuda   # on a GPU, bf16 autocast
+    python benchmarks/overhead.py --device cuda --arch resnet50 --dim 8192 --batch-size 256 --image-size 96
+    python benchmarks/overhead.py --device cuda --arch resnet18 --dim 2048 --batch-size 256 --image-size 32
+
+``--arch resnet18|resnet50`` trains a Lightly-style Barlow Twins module (torchvision ResNet backbone,
+``BarlowTwinsProjectionHead(features, dim, dim)``, ``BarlowTwinsLoss``) on random images kept in memory,
+so the input pipeline does not hide the monitor's cost. On a GPU the extra peak memory of the run with
+the monitor is printed too.
 
 Prints the time per training step with and without the monitor (median over rounds), their ratio, and
 the time spent inside the monitor's own hooks (a less noisy estimate of its cost on a shared machine).
@@ -17,10 +24,54 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_stepwise import StepwiseMonitor
 from lightning_stepwise.data import digits_dataloader
 from lightning_stepwise.demo import DigitsBarlowTwins
+
+
+class RandomViews(Dataset):
+    """``steps × batch`` pairs of random images, generated once: no augmentation cost per step."""
+
+    def __init__(self, count: int, image_size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(min(count, 4096), 3, image_size, image_size, generator=generator)
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+        image = self.images[i % len(self.images)]
+        return (image, image.flip(-1)), 0
+
+
+class ResNetBarlowTwins(pl.LightningModule):
+    """Lightly's Barlow Twins example module with a torchvision ResNet backbone."""
+
+    def __init__(self, arch: str, dim: int) -> None:
+        super().__init__()
+        import torchvision
+        from lightly.loss import BarlowTwinsLoss
+        from lightly.models.modules import BarlowTwinsProjectionHead
+
+        resnet = getattr(torchvision.models, arch)()
+        features = resnet.fc.in_features
+        self.backbone = nn.Sequential(*list(resnet.children())[:-1])
+        self.projection_head = BarlowTwinsProjectionHead(features, dim, dim)
+        self.criterion = BarlowTwinsLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (x0, x1) = batch[0]
+        return self.criterion(self.forward(x0), self.forward(x1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.06)
 
 
 class StepTimer(pl.Callback):
@@ -69,7 +120,7 @@ def timed_monitor(monitor: StepwiseMonitor) -> list[float]:
     return spent
 
 
-def run_once(args: argparse.Namespace, with_monitor: bool) -> tuple[float, float]:
+def run_once(args: argparse.Namespace, with_monitor: bool) -> tuple[float, float, int]:
     pl.seed_everything(args.seed, verbose=False)
     timer = StepTimer()
     callbacks: list[pl.Callback] = [timer]
@@ -84,9 +135,18 @@ def run_once(args: argparse.Namespace, with_monitor: bool) -> tuple[float, float
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir="/tmp/stepwise-overhead",
     )
-    model = DigitsBarlowTwins(width=args.width, embedding_dim=args.dim, hidden_dim=args.dim)
-    trainer.fit(model, digits_dataloader(batch_size=args.batch_size, seed=args.seed))
-    return timer.seconds_per_step, spent[0] / max(1, timer.steps)
+    if args.arch == "demo":
+        model: pl.LightningModule = DigitsBarlowTwins(width=args.width, embedding_dim=args.dim, hidden_dim=args.dim)
+        loader = digits_dataloader(batch_size=args.batch_size, seed=args.seed)
+    else:
+        model = ResNetBarlowTwins(args.arch, args.dim)
+        loader = DataLoader(RandomViews(args.steps * args.batch_size, args.image_size, args.seed),
+                            batch_size=args.batch_size, drop_last=True, pin_memory=args.device == "cuda")
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(model, loader)
+    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else 0
+    return timer.seconds_per_step, spent[0] / max(1, timer.steps), peak
 
 
 def cpu_name() -> str:
@@ -103,6 +163,9 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--arch", choices=["demo", "resnet18", "resnet50"], default="demo",
+                        help="the demo model on digits, or a ResNet Barlow Twins on random images")
+    parser.add_argument("--image-size", type=int, default=32, help="image side for --arch resnet*")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
     parser.add_argument("--rounds", type=int, default=5, help="with/without pairs, alternating")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -114,12 +177,15 @@ def main() -> None:
     args = parser.parse_args()
 
     run_once(args, with_monitor=True)  # warm-up: imports, allocator, first-call costs
-    with_times, without_times, hook_times = [], [], []
+    with_times, without_times, hook_times, peaks_with, peaks_without = [], [], [], [], []
     for _ in range(args.rounds):
-        t, hooks = run_once(args, with_monitor=True)
+        t, hooks, peak = run_once(args, with_monitor=True)
         with_times.append(t)
         hook_times.append(hooks)
-        without_times.append(run_once(args, with_monitor=False)[0])
+        peaks_with.append(peak)
+        t, _, peak = run_once(args, with_monitor=False)
+        without_times.append(t)
+        peaks_without.append(peak)
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     with_ms, without_ms = statistics.median(with_times) * 1e3, statistics.median(without_times) * 1e3
@@ -127,9 +193,14 @@ def main() -> None:
     pair_ratio = statistics.median(a / b for a, b in zip(with_times, without_times, strict=True))
     best_ratio = min(with_times) / min(without_times)
     print(f"machine: {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"model: demo Barlow Twins (width {args.width}, {args.dim}-d embeddings), batch {args.batch_size}, "
-          f"{args.steps} steps x {args.rounds} rounds; monitor every {args.every_n_steps} steps over "
-          f"{args.window} samples")
+    model = (f"demo Barlow Twins (width {args.width}, {args.dim}-d embeddings)" if args.arch == "demo"
+             else f"{args.arch} Barlow Twins ({args.image_size} px random images, projector {args.dim})")
+    print(f"model: {model}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds; monitor every "
+          f"{args.every_n_steps} steps over {args.window} samples")
+    if args.device == "cuda":
+        extra = (max(peaks_with) - max(peaks_without)) / 2**20
+        print(f"peak GPU memory: {max(peaks_without) / 2**20:.0f} MiB without, {max(peaks_with) / 2**20:.0f} MiB "
+              f"with the monitor ({extra:+.0f} MiB)")
     print()
     print("| without (ms/step, median) | with (ms/step, median) | ratio of medians | median pair ratio "
           "| ratio of best runs | monitor hooks (ms/step) | hooks / step |")
