@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from lightning_stepwise.capture import (
     find_tracking_points,
     to_embedding_rows,
 )
+from lightning_stepwise.distributed import all_reduce_sum
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.onsets import (
     ONSET_COLUMNS,
@@ -36,6 +39,11 @@ from lightning_stepwise.spectrum import (
     CovarianceMoments,
     CovarianceRows,
     CrossCorrelationSums,
+    SpectrumProblem,
+    SpectrumSummary,
+    _prepared_rows,
+    _ProblemTemplate,
+    accumulator_from_state,
     summarize_spectrum,
     uses_gram_route,
 )
@@ -51,7 +59,7 @@ except ImportError:  # pragma: no cover - pytorch_lightning is a dependency of l
 __all__ = ["LinearProbe", "StepwiseMonitor", "StepwiseWarning"]
 
 EmbeddingFn = Callable[[Any, Any], Tensor]
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: accumulators' own state dicts (1 held torchmetrics states)
 
 
 class StepwiseWarning(UserWarning):
@@ -78,6 +86,8 @@ class _Point:
     batches_accumulated: int = 0
     skipped_counted: int = 0
     tracker: OnsetTracker = field(default_factory=OnsetTracker)
+    #: Embedding rows per step over all ranks, agreed once per fit under DDP.
+    global_rows_per_step: int | None = None
 
     @property
     def onsets(self) -> dict[int, dict[str, float]]:
@@ -98,6 +108,55 @@ class _Window:
     loss_sum: Tensor | None = None
     loss_count: int = 0
     partial_measurement: int | None = None
+
+
+@dataclass
+class _Solved:
+    """One tracking point's spectrum of a window, solved on the host."""
+
+    eigenvalues: np.ndarray
+    samples: float
+    skipped: float
+    summary: SpectrumSummary
+
+
+@dataclass
+class _Pending:
+    """A closed window whose eigensolve runs in the worker thread; recorded at the next window's start."""
+
+    window: _Window
+    measurement: int
+    replaces_partial: bool
+    keep_open: bool
+    future: Future[tuple[dict[str, _Solved], float]] | None = None
+
+
+def _copy_to_host(flat: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    """Start copying ``flat`` to the host without waiting; the event marks when the copy is done."""
+    if flat.device.type != "cuda":
+        return flat, None
+    host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _solve_on_host(templates: dict[str, _ProblemTemplate], flat: Tensor,
+                   event: torch.cuda.Event | None) -> tuple[dict[str, _Solved], float]:
+    """Worker-thread side of a measurement: wait for the copy, then eigensolve each point's matrix."""
+    if event is not None:
+        event.synchronize()  # this thread waits; the training loop does not
+    solved: dict[str, _Solved] = {}
+    offset = 0
+    for name, template in templates.items():
+        problem = template.from_flat(flat[offset: offset + template.flat_size])
+        offset += template.flat_size
+        eigenvalues = problem.solve()
+        solved[name] = _Solved(eigenvalues=eigenvalues.numpy(), samples=float(problem.samples),
+                               skipped=float(problem.skipped if problem.skipped is not None else 0.0),
+                               summary=summarize_spectrum(eigenvalues))
+    return solved, float(flat[offset])
 
 
 def _default_output_dir(trainer: Any) -> Path:
@@ -257,6 +316,15 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self._warned: set[str] = set()
         self._pending_state: dict[str, Any] | None = None
         self._default_dir: Path | None = None
+        self._pending: _Pending | None = None
+        self._solver: ThreadPoolExecutor | None = None
+        self._trainer: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks: a thread pool, a future and the trainer do not travel.
+        state = dict(self.__dict__)
+        state.update(_pending=None, _solver=None, _trainer=None)
+        return state
 
     # ------------------------------------------------------------------ public records
 
@@ -310,6 +378,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         if stage == "fit":
             # trainer.log_dir is a collective under DDP: resolve it here, where every rank comes
             self._default_dir = _default_output_dir(trainer)
+            self._trainer = trainer
         if stage != "fit" or self._points:
             return
         if self.embedding_fn is not None:
@@ -334,6 +403,12 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         if stage == "fit":
             for p in self._points:
                 p.tap.remove()
+            self._stop_solver()
+
+    def _stop_solver(self) -> None:
+        if self._solver is not None:
+            self._solver.shutdown(wait=True)
+            self._solver = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.theory is not None and self.spectrum != "cross_correlation":
@@ -342,6 +417,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                             "the same step times only when the two views' noise is small)")
         for p in self._points:
             p.tap.attach()  # again after a teardown, when the same monitor fits twice
+            p.global_rows_per_step = None
             rank_zero_info(
                 f"StepwiseMonitor: tracking {p.point.describe()}"
                 f"{', L2-normalised' if p.normalize else ''}; a spectrum every {self.every_n_steps} steps "
@@ -354,6 +430,9 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self._lr = _current_lr(trainer)
         step = trainer.global_step
         if self._window is None and step % self.every_n_steps == 0 and step != self._last_opened_step:
+            # The previous measurement is recorded here, at the same step on every rank (the probe's
+            # on_new_mode trigger is a collective), by when its eigensolve has long finished.
+            self._record_pending(trainer, pl_module, in_step=True)
             self._last_opened_step = step
             self._window = _Window(step=step, epoch=trainer.current_epoch, time=self._time,
                                    lr=self._lr)
@@ -382,22 +461,27 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         if steps_open >= self.every_n_steps or all(
             p.accumulator is not None and p.batches_accumulated >= p.batches_needed for p in self._points
         ):
-            self._close_window(trainer, pl_module)
+            self._close_window(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._record_pending(trainer, pl_module, in_step=False)
         # Record a window the run ended in the middle of, but keep it open in the state: a run
         # resumed from a checkpoint taken now completes it instead of leaving a gap.
         if self._window is not None and any(p.accumulator is not None for p in self._points):
-            self._close_window(trainer, pl_module, keep_open=True)
+            self._close_window(trainer, keep_open=True)
+            self._record_pending(trainer, pl_module, in_step=False)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._write_files(trainer)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         try:
+            self._record_pending(trainer, pl_module, in_step=False)
             self._write_files(trainer)
         except Exception as err:  # never mask the user's exception with ours
             warnings.warn(f"StepwiseMonitor could not save its files: {err}", StepwiseWarning, stacklevel=2)
+        finally:
+            self._stop_solver()  # Lightning does not call teardown after an exception
 
     # ------------------------------------------------------------------ internals
 
@@ -447,9 +531,6 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                             f"{p.dim} to {rows.shape[1]}; batch skipped")
             return
         p.dim = rows.shape[1]
-        rows = rows.to(torch.float64)
-        if p.normalize:
-            rows = torch.nn.functional.normalize(rows, dim=1)
         if self.strict and not bool(torch.isfinite(rows).all()):
             raise RuntimeError(f"StepwiseMonitor (strict=True): non-finite embeddings at {p.point.describe()}")
         if self.spectrum == "cross_correlation" and rows.shape[0] % 2:
@@ -462,6 +543,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         if p.accumulator is None:
             self._start_accumulator(trainer, p, rows)
             return
+        if p.accumulator.device != rows.device:  # restored from a checkpoint before the model moved
+            p.accumulator.to(rows.device)
         p.accumulator.update(rows)
 
     @staticmethod
@@ -473,73 +556,128 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         return torch.device("cpu")
 
     def _start_accumulator(self, trainer: Any, p: _Point, rows: Tensor) -> None:
-        """First usable batch of a window: agree on a shift and a batch count across ranks."""
-        finite = bool(torch.isfinite(rows).all())
-        local = torch.zeros(1 + rows.shape[1], dtype=torch.float64, device=rows.device)
-        if finite and rows.shape[0] > 0:
-            local[0] = rows.shape[0]
-            local[1:] = rows.sum(0)
-        total = trainer.strategy.reduce(local, reduce_op="sum")
-        global_rows = float(total[0])
-        if not finite:
-            self._count_skipped(1)
+        """First batch of a window: make the accumulator on the embeddings' device, without a host sync."""
+        world = trainer.world_size
+        global_rows = rows.shape[0] if world == 1 else self._agreed_rows_per_step(p, rows)
         if global_rows == 0:
             return
+        dim, device = rows.shape[1], rows.device
+        batches_needed = math.ceil(self.window / global_rows)
+        acc: CovarianceMoments | CovarianceRows | CrossCorrelationSums
         if self.spectrum == "cross_correlation":
-            p.accumulator = CrossCorrelationSums(rows.shape[1]).to(rows.device)
-        elif uses_gram_route(self.window, rows.shape[1]):
-            p.accumulator = CovarianceRows(rows.shape[1]).to(rows.device)
+            acc = CrossCorrelationSums(dim, normalize=p.normalize, device=device)
+        elif uses_gram_route(self.window, dim):
+            # Whole batches, as the other routes take them: the same rows as one process seeing the global batch.
+            capacity = batches_needed * math.ceil(global_rows / world)
+            dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32  # holds bf16/fp16/fp32 exactly
+            acc = CovarianceRows(dim, capacity=capacity, normalize=p.normalize, dtype=dtype, device=device)
         else:
-            p.accumulator = CovarianceMoments(rows.shape[1], shift=total[1:] / global_rows).to(rows.device)
-        p.batches_needed = math.ceil(self.window / global_rows)
+            # Moments are sum-reducible only around one shift: the all-reduced mean of this first batch.
+            x, ok = _prepared_rows(rows, p.normalize)
+            sums = all_reduce_sum(torch.cat([(ok * x.shape[0]).reshape(1), x.sum(0) * ok]))
+            acc = CovarianceMoments(dim, shift=sums[1:] / sums[0].clamp_min(1.0), normalize=p.normalize,
+                                    device=device)
+        p.accumulator = acc
+        p.batches_needed = batches_needed
         p.batches_accumulated = 1
-        if finite and rows.shape[0] > 0:
-            p.accumulator.update(rows)
+        acc.update(rows)
+
+    @staticmethod
+    def _agreed_rows_per_step(p: _Point, rows: Tensor) -> int:
+        """Rows per step over all ranks, so every rank closes the window after the same batch.
+
+        Read to the host once per fit (the only host-device synchronisation of the monitor's step path).
+        """
+        if p.global_rows_per_step is None:
+            local = torch.full((1,), float(rows.shape[0]), dtype=torch.float64, device=rows.device)
+            p.global_rows_per_step = int(all_reduce_sum(local).item())
+        return p.global_rows_per_step
 
     def _count_skipped(self, batches: int) -> None:
         self.skipped_batches += batches
         self._warn_once("non_finite", "non-finite embeddings; those batches are skipped "
                         "(see monitor.skipped_batches)")
 
-    def _close_window(self, trainer: Any, pl_module: Any, keep_open: bool = False) -> None:
+    def _close_window(self, trainer: Any, keep_open: bool = False) -> None:
+        """Reduce the window across ranks and start its eigensolve; nothing here waits on the device."""
         window = self._window
         assert window is not None
-        measurement = self._measurements
-        if window.partial_measurement is not None:  # recorded partially at a fit end: replace that row
-            for p in self._points:
-                p.history.drop_measurement(measurement)
-        mean_loss = math.nan
-        if window.loss_count:
-            local_loss = window.loss_sum / window.loss_count
-            mean_loss = float(trainer.strategy.reduce(local_loss, reduce_op="mean"))
-        logged: dict[str, float] = {}
-        for i, p in enumerate(self._points):
+        self._record_pending(trainer, None, in_step=False)  # at most one measurement in flight
+        world = trainer.world_size
+        problems: dict[str, SpectrumProblem] = {}
+        for p in self._points:
             if p.accumulator is None:
                 self._warn_once(f"{p.point.name}:empty_window",
                                 f"no usable embeddings (none captured, or all non-finite) at {p.point.describe()} "
                                 f"in the measurement window at step {window.step}; no spectrum recorded")
                 continue
-            eigenvalues, samples, skipped = p.accumulator.compute()
-            eigenvalues = eigenvalues.reshape(-1)  # torchmetrics squeezes a width-1 result to 0-d
-            # A window kept open at fit end is computed again when complete: count each skip once.
-            if int(skipped) > p.skipped_counted:
-                self._count_skipped(int(skipped) - p.skipped_counted)
-            p.skipped_counted = int(skipped) if keep_open else 0
+            # A window kept open at fit end must keep this rank's own statistics for a resumed run.
+            acc = copy.deepcopy(p.accumulator) if keep_open and world > 1 else p.accumulator
+            if world > 1:
+                acc.reduce_across_ranks()
+            problems[p.point.name] = acc.problem()
             if not keep_open:
                 p.accumulator = None
-            if float(samples) < 2:
+        pending = _Pending(window=copy.copy(window), measurement=self._measurements,
+                           replaces_partial=window.partial_measurement is not None, keep_open=keep_open)
+        if problems:
+            device = next(iter(problems.values())).matrix.device
+            loss = torch.full((1,), math.nan, dtype=torch.float64, device=device)
+            if window.loss_count:
+                loss = all_reduce_sum((window.loss_sum / window.loss_count).reshape(1).to(device)) / world
+            flat, event = _copy_to_host(torch.cat([*(q.flat().to(device) for q in problems.values()), loss]))
+            templates = {name: q.template() for name, q in problems.items()}
+            if self._solver is None:
+                self._solver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepwise-eigensolve")
+            pending.future = self._solver.submit(_solve_on_host, templates, flat, event)
+        self._pending = pending
+        if keep_open:
+            window.partial_measurement = self._measurements
+        else:
+            self._window = None
+            self._measurements += 1
+
+    def _record_pending(self, trainer: Any, pl_module: Any, in_step: bool) -> None:
+        """Record the measurement whose eigensolve is in flight: history, onsets, loggers, progress bar."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.replaces_partial:  # recorded partially at a fit end: replace that row
+            for p in self._points:
+                p.history.drop_measurement(pending.measurement)
+        if pending.future is None:
+            return
+        try:
+            solved, mean_loss = pending.future.result()
+        except Exception as err:
+            if self.strict:
+                raise
+            self._warn_once("eigensolve", f"the spectrum of the window at step {pending.window.step} could not be "
+                            f"computed ({type(err).__name__}: {err}); no spectrum recorded")
+            return
+        window = pending.window
+        logged: dict[str, float] = {}
+        for i, p in enumerate(self._points):
+            result = solved.get(p.point.name)
+            if result is None:
+                continue
+            # A window kept open at fit end is computed again when complete: count each skip once.
+            if int(result.skipped) > p.skipped_counted:
+                self._count_skipped(int(result.skipped) - p.skipped_counted)
+            p.skipped_counted = int(result.skipped) if pending.keep_open else 0
+            if result.samples < 2:
                 self._warn_once(f"{p.point.name}:too_few", f"fewer than 2 usable samples in the window at "
                                 f"step {window.step}; no spectrum recorded")
                 continue
-            summary = summarize_spectrum(eigenvalues)
-            top = eigenvalues[: self.top_k].cpu().numpy()
+            summary = result.summary
+            top = result.eigenvalues[: self.top_k]
             p.history.append(
-                measurement=measurement, eigenvalues=top, step=window.step, epoch=window.epoch,
+                measurement=pending.measurement, eigenvalues=top, step=window.step, epoch=window.epoch,
                 time=window.time, lr=window.lr, lr_x_step=window.lr * window.step,
-                samples=int(samples), loss=mean_loss, trace=summary.trace,
+                samples=int(result.samples), loss=mean_loss, trace=summary.trace,
                 effective_rank=summary.effective_rank, participation_ratio=summary.participation_ratio,
             )
-            if not keep_open:
+            if not pending.keep_open:
                 self._update_onsets(trainer, p, announce=i == 0)
             prefix = self.name if len(self._points) == 1 else f"{self.name}/{p.point.name}"
             logged[f"{prefix}/modes_learned"] = float(len(p.onsets))
@@ -548,19 +686,14 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             logged[f"{prefix}/trace"] = summary.trace
             for k in range(min(self.log_top_k, len(top))):
                 logged[f"{prefix}/eigenvalue_{k:03d}"] = float(top[k])
-            if i == 0 and self.prog_bar and not keep_open:
-                pl_module.log(f"{self.name}/erank", summary.effective_rank, prog_bar=True, logger=False,
-                              on_step=True, on_epoch=False, batch_size=1)
-                pl_module.log(f"{self.name}/modes", float(len(p.onsets)), prog_bar=True, logger=False,
-                              on_step=True, on_epoch=False, batch_size=1)
-        if logged:
+            if i == 0 and self.prog_bar and in_step and pl_module is not None:
+                # Host tensors: logging a float would copy it to the device, a synchronisation.
+                for key, value in (("erank", summary.effective_rank), ("modes", float(len(p.onsets)))):
+                    pl_module.log(f"{self.name}/{key}", torch.tensor(value), prog_bar=True, logger=False,
+                                  on_step=True, on_epoch=False, batch_size=1)
+        if logged and trainer is not None:
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=window.step)
-        if keep_open:
-            window.partial_measurement = measurement
-        else:
-            self._window = None
-            self._measurements = measurement + 1
 
     def _update_onsets(self, trainer: Any, p: _Point, announce: bool) -> None:
         """Add the modes whose rise is now confirmed; print a line for each (rank zero)."""
@@ -647,6 +780,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ checkpoint state
 
     def state_dict(self) -> dict[str, Any]:
+        # A measurement still in the eigensolver belongs in the checkpoint's history: record it now.
+        self._record_pending(self._trainer, None, in_step=False)
         window = self._window
         return {
             "version": _STATE_VERSION,
@@ -673,12 +808,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
                                  "batches_needed": p.batches_needed,
                                  "batches_accumulated": p.batches_accumulated,
                                  "skipped_counted": p.skipped_counted, "accumulator": None}
-        acc = p.accumulator
-        if acc is not None:
-            states = {k: ([t.cpu() for t in v] if isinstance(v, list) else v.cpu())
-                      for k, v in acc.metric_state.items()}
-            shift = acc.shift.cpu() if isinstance(acc, CovarianceMoments) else None
-            state["accumulator"] = {"kind": type(acc).__name__, "states": states, "shift": shift}
+        if p.accumulator is not None:
+            state["accumulator"] = p.accumulator.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -725,19 +856,10 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
     def _restore_accumulator(
         saved: Mapping[str, Any] | None, dim: int | None
     ) -> CovarianceMoments | CovarianceRows | CrossCorrelationSums | None:
+        """The open window's accumulator, on the CPU until the first batch shows the device."""
         if saved is None or dim is None:
             return None
-        acc: CovarianceMoments | CovarianceRows | CrossCorrelationSums
-        if saved["kind"] == "CovarianceMoments":
-            acc = CovarianceMoments(dim, shift=saved["shift"])
-        elif saved["kind"] == "CrossCorrelationSums":
-            acc = CrossCorrelationSums(dim)
-        else:
-            acc = CovarianceRows(dim)
-        for key, value in saved["states"].items():
-            setattr(acc, key, list(value) if isinstance(value, list) else value.clone())
-        acc._update_count = 1  # torchmetrics warns on compute() of a metric it thinks was never updated
-        return acc
+        return accumulator_from_state(dict(saved))
 
 
 class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]

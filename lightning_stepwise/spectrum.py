@@ -11,36 +11,48 @@ Two ways to the same eigenvalues, chosen by cost:
   small eigenvalues to cancellation.
 - Gram: when there are fewer samples ``N`` than dimensions ``d``, the nonzero eigenvalues of the
   covariance equal those of the ``N x N`` centred Gram matrix ``Zc Zc^T / (N - 1)``; the rest are 0.
+  The rows are kept as they come (float32 holds bf16/fp16/fp32 embeddings exactly) and the Gram
+  matrix is formed in float64, a block of columns at a time, so the only float64 copy is one block.
 
 A third accumulator, :class:`CrossCorrelationSums`, measures another spectrum on request: the
 eigenvalues of the symmetrised cross-correlation ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two views' embeddings
 (uncentred), the matrix of the linear theory and of the simplified Barlow Twins loss.
 
-All accumulators are torchmetrics ``Metric`` objects, so under DDP their states are reduced across
-ranks (sums for moments, concatenation for rows) and every rank computes the same spectrum, equal to
-that of one process seeing the global batch.
+An accumulator ends in a :class:`SpectrumProblem`: a symmetric matrix and the scalars that turn its
+eigenvalues into the spectrum. The monitor copies the problem to the host without waiting and solves
+it there in a worker thread, so the training step never waits on the eigensolver; ``compute()``
+solves it in place for direct use. Under DDP, :meth:`~CovarianceMoments.reduce_across_ranks` sums the
+moments or gathers the kept rows with collectives that do not synchronise the host, after which every
+rank holds the statistics of the global batch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+
+from lightning_stepwise.distributed import all_gather_cat, all_reduce_sum
 
 __all__ = [
+    "SpectrumProblem",
     "SpectrumSummary",
     "CovarianceMoments",
     "CovarianceRows",
     "CrossCorrelationSums",
+    "accumulator_from_state",
     "covariance_eigenvalues",
     "eigenvalues_from_gram",
     "eigenvalues_from_moments",
     "summarize_spectrum",
     "uses_gram_route",
 ]
+
+#: Columns of the Gram route turned into float64 at a time (8 MiB for 1,024 rows).
+GRAM_BLOCK_COLUMNS = 1024
 
 
 def uses_gram_route(num_samples: int, dim: int) -> bool:
@@ -53,6 +65,115 @@ def uses_gram_route(num_samples: int, dim: int) -> bool:
         False
     """
     return num_samples < dim
+
+
+@dataclass
+class SpectrumProblem:
+    """A window's spectrum before its eigensolve: ``eigvalsh(matrix) / divisor``, padded to ``dim``.
+
+    ``samples`` and ``skipped`` are the window's counts; eigenvalues past ``rank_limit`` are set to 0
+    (the Gram route's centring removes one dimension: its last eigenvalue is round-off). With fewer
+    than ``min_samples`` samples the spectrum is NaN. Tensors stay on the device they were made on
+    until :meth:`solve`, which may run anywhere (the monitor solves a host copy in a worker thread).
+
+    Example:
+        >>> z = torch.randn(50, 3, dtype=torch.float64)
+        >>> zc = z - z.mean(0)
+        >>> problem = SpectrumProblem(zc.T @ zc, divisor=torch.tensor(49.0, dtype=torch.float64),
+        ...                           samples=torch.tensor(50.0, dtype=torch.float64), dim=3)
+        >>> torch.allclose(problem.solve(), torch.linalg.eigvalsh(torch.cov(z.T)).flip(0))
+        True
+    """
+
+    matrix: Tensor
+    divisor: Tensor
+    samples: Tensor
+    dim: int
+    skipped: Tensor | None = None
+    rank_limit: Tensor | None = None
+    min_samples: int = 2
+    nonnegative: bool = True
+
+    def flat(self) -> Tensor:
+        """All tensors as one float64 vector, for a single device-to-host copy (see :meth:`from_flat`)."""
+        device = self.matrix.device
+        scalars = [self.divisor, self.samples,
+                   self.skipped if self.skipped is not None else torch.zeros((), device=device),
+                   self.rank_limit if self.rank_limit is not None else torch.full((), math.inf, device=device)]
+        return torch.cat([self.matrix.reshape(-1).to(torch.float64),
+                          *(s.reshape(1).to(device=device, dtype=torch.float64) for s in scalars)])
+
+    def like(self, flat: Tensor) -> SpectrumProblem:
+        """The same problem with its tensors taken from ``flat``, a copy of :meth:`flat` (e.g. on the host)."""
+        return self.template().from_flat(flat)
+
+    def template(self) -> _ProblemTemplate:
+        """What it takes to rebuild this problem from :meth:`flat`, without holding its tensors."""
+        return _ProblemTemplate(size=self.matrix.shape[0], dim=self.dim, min_samples=self.min_samples,
+                                nonnegative=self.nonnegative)
+
+    def solve(self) -> Tensor:
+        """All ``dim`` eigenvalues, float64, descending, on the matrix's device (NaN if too few samples)."""
+        out = torch.zeros(self.dim, dtype=torch.float64, device=self.matrix.device)
+        if float(self.samples) < self.min_samples:
+            return out.fill_(math.nan)
+        eigenvalues = torch.linalg.eigvalsh(self.matrix).flip(0) / self.divisor
+        if self.nonnegative:  # a covariance is PSD: tiny negative round-off is not information
+            eigenvalues = eigenvalues.clamp_min(0.0)
+        if self.rank_limit is not None:
+            eigenvalues[max(int(self.rank_limit), 0):] = 0.0
+        k = min(len(eigenvalues), self.dim)
+        out[:k] = eigenvalues[:k]
+        return out
+
+
+@dataclass(frozen=True)
+class _ProblemTemplate:
+    size: int
+    dim: int
+    min_samples: int
+    nonnegative: bool
+
+    @property
+    def flat_size(self) -> int:
+        return self.size * self.size + 4
+
+    def from_flat(self, flat: Tensor) -> SpectrumProblem:
+        matrix = flat[: self.size * self.size].reshape(self.size, self.size)
+        divisor, samples, skipped, rank_limit = flat[self.size * self.size: self.flat_size]
+        return SpectrumProblem(matrix=matrix, divisor=divisor, samples=samples, dim=self.dim, skipped=skipped,
+                               rank_limit=None if math.isinf(float(rank_limit)) else rank_limit,
+                               min_samples=self.min_samples, nonnegative=self.nonnegative)
+
+
+def _centred_gram(rows: Tensor, weights: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """(``Zc Zc^T`` in float64 over the rows of weight 1, sample count), a block of columns at a time.
+
+    Rows of weight 0 (padding, skipped batches) come out as zero rows and only add zero eigenvalues.
+    ``normalize`` L2-normalises each row (in float64) before centring.
+    """
+    n, d = rows.shape
+    w = weights.to(torch.float64)
+    samples = w.sum()
+    blocks = [slice(start, min(start + GRAM_BLOCK_COLUMNS, d)) for start in range(0, d, GRAM_BLOCK_COLUMNS)]
+    scale = w
+    if normalize:
+        squares = torch.zeros(n, dtype=torch.float64, device=rows.device)
+        for b in blocks:
+            squares += rows[:, b].to(torch.float64).square().sum(1)
+        scale = w / squares.sqrt().clamp_min(1e-12)  # torch.nn.functional.normalize's eps
+    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+    for b in blocks:
+        x = rows[:, b].to(torch.float64) * scale[:, None]
+        x -= w[:, None] * (x.sum(0) / samples.clamp_min(1.0))
+        gram.addmm_(x, x.T)
+    return gram, samples
+
+
+def _gram_problem(rows: Tensor, weights: Tensor, normalize: bool, skipped: Tensor | None = None) -> SpectrumProblem:
+    gram, samples = _centred_gram(rows, weights, normalize)
+    return SpectrumProblem(matrix=gram, divisor=(samples - 1).clamp_min(1.0), samples=samples, dim=rows.shape[1],
+                           skipped=skipped, rank_limit=samples - 1)
 
 
 def eigenvalues_from_gram(rows: Tensor) -> Tensor:
@@ -69,17 +190,18 @@ def eigenvalues_from_gram(rows: Tensor) -> Tensor:
     """
     if rows.ndim != 2:
         raise ValueError(f"rows must be 2-D (samples x dim), got shape {tuple(rows.shape)}")
-    n, d = rows.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 samples for a covariance, got {n}")
-    x = rows.to(torch.float64)
-    centred = x - x.mean(dim=0, keepdim=True)
-    gram = centred @ centred.T
-    nonzero = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0) / (n - 1)
-    eigenvalues = torch.zeros(d, dtype=torch.float64, device=rows.device)
-    m = min(n - 1, d)  # centring removes one dimension: the N-th Gram eigenvalue is 0 up to round-off
-    eigenvalues[:m] = nonzero[:m]
-    return eigenvalues
+    if rows.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {rows.shape[0]}")
+    weights = torch.ones(rows.shape[0], dtype=torch.float64, device=rows.device)
+    return _gram_problem(rows, weights, normalize=False).solve()
+
+
+def _moments_problem(count: Tensor, total: Tensor, outer: Tensor, skipped: Tensor | None = None) -> SpectrumProblem:
+    count = count.to(torch.float64)
+    total = total.to(torch.float64)
+    scatter = outer.to(torch.float64) - torch.outer(total, total) / count.clamp_min(1.0)
+    return SpectrumProblem(matrix=0.5 * (scatter + scatter.T), divisor=(count - 1).clamp_min(1.0), samples=count,
+                           dim=total.shape[0], skipped=skipped)
 
 
 def eigenvalues_from_moments(count: Tensor | float, total: Tensor, outer: Tensor) -> Tensor:
@@ -98,10 +220,8 @@ def eigenvalues_from_moments(count: Tensor | float, total: Tensor, outer: Tensor
     n = float(count)
     if n < 2:
         raise ValueError(f"need at least 2 samples for a covariance, got {n:g}")
-    total = total.to(torch.float64)
-    cov = (outer.to(torch.float64) - torch.outer(total, total) / n) / (n - 1)
-    cov = 0.5 * (cov + cov.T)
-    return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
+    count_tensor = torch.tensor(n, dtype=torch.float64, device=total.device)
+    return _moments_problem(count_tensor, total, outer).solve()
 
 
 def covariance_eigenvalues(rows: Tensor) -> Tensor:
@@ -162,37 +282,90 @@ def summarize_spectrum(eigenvalues: Tensor) -> SpectrumSummary:
                            participation_ratio=participation)
 
 
-class _WindowMetric(Metric):
-    """Shared parts of the two accumulators: non-finite batches are zeroed and counted, not synced."""
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
+def _prepared_rows(rows: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """(rows in float64, L2-normalised if asked, zeroed if any value is not finite; 0-d 1.0/0.0 flag).
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(sync_on_compute=True)
+    Decided on the device: no host synchronisation.
+    """
+    x = rows.detach().to(torch.float64)
+    finite = torch.isfinite(x).all()
+    x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x, finite.to(torch.float64)
+
+
+class _WindowAccumulator:
+    """Shared parts of the accumulators: states on one device, skipped batches, a sync-free DDP reduction.
+
+    Deliberately not a torchmetrics ``Metric``: its sync gathers state sizes to the host (a host-device
+    synchronisation per state under NCCL) and it keeps a default copy of every state, which for a
+    ``d x d`` float64 state at ``d = 8192`` is another 512 MiB.
+    """
+
+    _summed: tuple[str, ...] = ("skipped_batches",)
+    _gathered: tuple[str, ...] = ()
+
+    def __init__(self, dim: int, *, normalize: bool = False, device: torch.device | str | None = None) -> None:
         if dim < 1:
             raise ValueError(f"embedding width must be >= 1, got {dim}")
         self.dim = dim
-        self.add_state("skipped_batches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.normalize = normalize
+        self.device = torch.device(device if device is not None else "cpu")
+        self.skipped_batches = self._zeros()
 
-    def _no_spectrum(self) -> Tensor:
-        """NaN eigenvalues for a window with fewer than 2 usable samples."""
-        return torch.full((self.dim,), math.nan, dtype=torch.float64, device=self.device)
+    def _zeros(self, *shape: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        return torch.zeros(shape, dtype=dtype, device=self.device)
 
-    def _finite_or_zero(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows in float64 with a non-finite batch zeroed, 0-d 1.0/0.0 flag), without a host sync."""
+    def _check(self, rows: Tensor) -> None:
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"expected rows of shape (N, {self.dim}), got {tuple(rows.shape)}")
-        x = rows.detach().to(torch.float64)
-        finite = torch.isfinite(x).all()
-        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        ok = finite.to(torch.float64)
+
+    def _prepared(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`_prepared_rows` on this accumulator's device, counting a non-finite batch as skipped."""
+        self._check(rows)
+        x, ok = _prepared_rows(rows.to(self.device), self.normalize)
         self.skipped_batches += 1.0 - ok
         return x, ok
 
+    def to(self, device: torch.device | str) -> _WindowAccumulator:
+        """Move every state to ``device`` (in place; returns self)."""
+        self.device = torch.device(device)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(self, name, value.to(self.device))
+        return self
 
-class CovarianceMoments(_WindowMetric):
+    def reduce_across_ranks(self) -> None:
+        """Turn this rank's statistics into the global batch's, in place (identity in one process).
+
+        Every rank must call it at the same point. The collectives are queued on the current stream;
+        the host does not wait for them.
+        """
+        for name in self._summed:
+            setattr(self, name, all_reduce_sum(getattr(self, name)))
+        for name in self._gathered:
+            setattr(self, name, all_gather_cat(getattr(self, name)))
+
+    def problem(self) -> SpectrumProblem:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(all ``d`` eigenvalues descending, samples, skipped batches), float64, on the device."""
+        problem = self.problem()
+        return problem.solve(), problem.samples, self.skipped_batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The statistics on the CPU, for a checkpoint taken in the middle of a window."""
+        names = {"skipped_batches", *self._summed, *self._gathered, *self._extra_state}
+        return {"kind": type(self).__name__, "dim": self.dim, "normalize": self.normalize,
+                **{k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in vars(self).items() if k in names}}
+
+    _extra_state: tuple[str, ...] = ()
+
+
+class CovarianceMoments(_WindowAccumulator):
     """Streaming covariance as shifted float64 sums; eigenvalues of the ``d x d`` matrix.
 
     Sum-reducible across DDP ranks provided every rank uses the same ``shift`` (the monitor sets it
@@ -206,78 +379,103 @@ class CovarianceMoments(_WindowMetric):
         (torch.Size([3]), 100)
     """
 
-    def __init__(self, dim: int, shift: Tensor) -> None:
-        super().__init__(dim)
-        if shift.shape != (dim,):
+    _summed = ("skipped_batches", "count", "total", "outer")
+    _extra_state = ("shift",)
+
+    def __init__(self, dim: int, shift: Tensor | None = None, *, normalize: bool = False,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(dim, normalize=normalize, device=device if device is not None else
+                         (shift.device if shift is not None else None))
+        if shift is not None and shift.shape != (dim,):
             raise ValueError(f"shift must have shape ({dim},), got {tuple(shift.shape)}")
-        self.shift: Tensor
-        self.register_buffer("shift", shift.detach().to(torch.float64), persistent=False)
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.shift = self._zeros(dim) if shift is None else shift.detach().to(self.device, torch.float64)
+        self.count = self._zeros()
+        self.total = self._zeros(dim)
+        self.outer = self._zeros(dim, dim)
 
     def update(self, rows: Tensor) -> None:
         """Add a batch of embedding rows (``N x d``, any float dtype)."""
-        x, ok = self._finite_or_zero(rows)
+        x, ok = self._prepared(rows)
         centred = (x - self.shift) * ok
         self.count += ok * x.shape[0]
         self.total += centred.sum(0)
-        self.outer += centred.T @ centred
+        self.outer.addmm_(centred.T, centred)
 
-    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(all ``d`` eigenvalues descending, samples, skipped batches), float64, on the device."""
-        if float(self.count) < 2:
-            return self._no_spectrum(), self.count, self.skipped_batches
-        return eigenvalues_from_moments(self.count, self.total, self.outer), self.count, self.skipped_batches
+    def merge(self, other: CovarianceMoments) -> None:
+        """Add another accumulator's sums (same shift) to this one's."""
+        if not torch.equal(self.shift, other.shift.to(self.device)):
+            raise ValueError("cannot merge moments taken around different shifts")
+        for name in self._summed:
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
+
+    def problem(self) -> SpectrumProblem:
+        """The ``d x d`` scatter matrix of the window, divided by ``n - 1`` when solved."""
+        return _moments_problem(self.count, self.total, self.outer, self.skipped_batches)
 
 
-class CovarianceRows(_WindowMetric):
-    """Keeps the rows of a window; eigenvalues through the ``N x N`` centred Gram matrix.
+class CovarianceRows(_WindowAccumulator):
+    """Keeps up to ``capacity`` rows of a window; eigenvalues through the ``N x N`` centred Gram matrix.
 
     For ``N < d`` (e.g. 1,024 samples of an 8,192-d projector) this holds ``N x d`` values instead
-    of ``d x d`` and solves an ``N x N`` problem. Under DDP the rows are gathered from all ranks.
+    of ``d x d`` and solves an ``N x N`` problem. The rows are stored as given in ``dtype`` (float32
+    holds bf16, fp16 and fp32 embeddings exactly; pass float64 for float64 embeddings), in one buffer
+    made at construction; rows past ``capacity`` are dropped. Normalisation, centring and the Gram
+    products are float64. Under DDP every rank's buffer is gathered (rows it did not fill have weight 0).
 
     Example:
-        >>> acc = CovarianceRows(dim=64)
+        >>> acc = CovarianceRows(dim=64, capacity=32)
         >>> acc.update(torch.randn(10, 64)); acc.update(torch.randn(10, 64))
         >>> eigenvalues, samples, skipped = acc.compute()
         >>> int((eigenvalues > 0).sum()), int(samples)
         (19, 20)
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.add_state("rows", [], dist_reduce_fx="cat")
-        self.add_state("row_weights", [], dist_reduce_fx="cat")
+    _gathered = ("rows", "row_weights")
+
+    def __init__(self, dim: int, capacity: int = 1024, *, normalize: bool = False, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(dim, normalize=normalize, device=device)
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 row, got {capacity}")
+        self.capacity = capacity
+        self.rows = self._zeros(capacity, dim, dtype=dtype)
+        self.row_weights = self._zeros(capacity)
+        #: Rows written so far (host-side count: no device read needed to place the next batch).
+        self.filled = 0
+        #: Rows that arrived after the buffer was full.
+        self.dropped_rows = 0
 
     def update(self, rows: Tensor) -> None:
         """Add a batch of embedding rows (``N x d``, any float dtype)."""
-        x, ok = self._finite_or_zero(rows)
-        self.rows.append(x)
-        self.row_weights.append(ok.expand(x.shape[0]).clone())
+        self._check(rows)
+        x = rows.detach().to(self.device)
+        finite = torch.isfinite(x).all()
+        self.skipped_batches += 1.0 - finite.to(torch.float64)
+        n = min(x.shape[0], self.capacity - self.filled)
+        self.dropped_rows += x.shape[0] - n
+        end = self.filled + n
+        self.rows[self.filled:end] = torch.where(finite, x[:n], torch.zeros((), dtype=x.dtype, device=x.device))
+        self.row_weights[self.filled:end] = finite.to(torch.float64)
+        self.filled = end
 
-    def _sync_dist(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        # A rank without rows must still join the gather with a tensor of the right rank (N x d).
-        if not self.rows:
-            self.rows.append(torch.zeros(0, self.dim, dtype=torch.float64, device=self.device))
-            self.row_weights.append(torch.zeros(0, dtype=torch.float64, device=self.device))
-        super()._sync_dist(*args, **kwargs)
+    def reduce_across_ranks(self) -> None:
+        super().reduce_across_ranks()
+        self.filled = self.rows.shape[0]  # every rank's buffer, unfilled rows at weight 0
 
-    def _kept_rows(self) -> Tensor:
-        rows = self.rows if isinstance(self.rows, Tensor) else torch.cat(self.rows)
-        weights = self.row_weights if isinstance(self.row_weights, Tensor) else torch.cat(self.row_weights)
-        return rows[weights > 0]
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows only (a checkpoint mid-window holds what was seen, not the empty buffer)."""
+        rows, weights = self.rows[: self.filled].cpu(), self.row_weights[: self.filled].cpu()
+        return {"kind": type(self).__name__, "dim": self.dim, "normalize": self.normalize, "capacity": self.capacity,
+                "filled": self.filled, "dropped_rows": self.dropped_rows, "rows": rows, "row_weights": weights,
+                "skipped_batches": self.skipped_batches.cpu()}
 
-    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(all ``d`` eigenvalues descending, samples, skipped batches), float64, on the device."""
-        rows = self._kept_rows()
-        count = torch.tensor(float(rows.shape[0]), dtype=torch.float64, device=rows.device)
-        if rows.shape[0] < 2:
-            return self._no_spectrum(), count, self.skipped_batches
-        return eigenvalues_from_gram(rows), count, self.skipped_batches
+    def problem(self) -> SpectrumProblem:
+        """The ``N x N`` centred Gram matrix of the kept rows, divided by ``n - 1`` when solved."""
+        return _gram_problem(self.rows[: self.filled], self.row_weights[: self.filled], self.normalize,
+                             self.skipped_batches)
 
 
-class CrossCorrelationSums(_WindowMetric):
+class CrossCorrelationSums(_WindowAccumulator):
     """Streaming ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two views; eigenvalues of the ``d x d`` matrix.
 
     ``update`` takes the stacked views ``[Z0; Z1]`` (``2n x d``: the first half one view, the second
@@ -293,23 +491,60 @@ class CrossCorrelationSums(_WindowMetric):
         (True, 100)
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("cross", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+    _summed = ("skipped_batches", "count", "cross")
+
+    def __init__(self, dim: int, *, normalize: bool = False, device: torch.device | str | None = None) -> None:
+        super().__init__(dim, normalize=normalize, device=device)
+        self.count = self._zeros()
+        self.cross = self._zeros(dim, dim)
 
     def update(self, rows: Tensor) -> None:
         """Add the stacked views ``[Z0; Z1]`` of one step (``2n x d``; ``n`` pairs)."""
         if rows.shape[0] % 2:
             raise ValueError(f"expected the two views stacked, an even number of rows, got {rows.shape[0]}")
-        x, ok = self._finite_or_zero(rows)
+        x, ok = self._prepared(rows)
         z0, z1 = x.chunk(2)
         self.count += ok * z0.shape[0]
-        self.cross += (z0.T @ z1) * ok
+        self.cross.addmm_(z0.T, z1)
 
-    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(all ``d`` eigenvalues descending, pairs, skipped batches), float64, on the device."""
-        if float(self.count) < 1:
-            return self._no_spectrum(), self.count, self.skipped_batches
-        c = (self.cross + self.cross.T) / (2 * self.count)
-        return torch.linalg.eigvalsh(c).flip(0), self.count, self.skipped_batches
+    def problem(self) -> SpectrumProblem:
+        """The symmetrised cross sums, divided by the number of pairs when solved."""
+        return SpectrumProblem(matrix=0.5 * (self.cross + self.cross.T), divisor=self.count.clamp_min(1.0),
+                               samples=self.count, dim=self.dim, skipped=self.skipped_batches, min_samples=1,
+                               nonnegative=False)
+
+
+_ACCUMULATORS = {cls.__name__: cls for cls in (CovarianceMoments, CovarianceRows, CrossCorrelationSums)}
+
+
+def accumulator_from_state(
+    state: dict[str, Any], device: torch.device | str | None = None
+) -> CovarianceMoments | CovarianceRows | CrossCorrelationSums:
+    """Rebuild an accumulator from its :meth:`state_dict` (e.g. from a checkpoint), on ``device``.
+
+    Example:
+        >>> acc = CovarianceRows(dim=4, capacity=8); acc.update(torch.randn(3, 4))
+        >>> again = accumulator_from_state(acc.state_dict())
+        >>> torch.equal(again.compute()[0], acc.compute()[0])
+        True
+    """
+    cls = _ACCUMULATORS.get(state["kind"])
+    if cls is None:
+        raise ValueError(f"unknown accumulator kind {state['kind']!r}; expected one of {sorted(_ACCUMULATORS)}")
+    dim = int(state["dim"])
+    normalize = bool(state.get("normalize", False))
+    acc: CovarianceMoments | CovarianceRows | CrossCorrelationSums
+    if cls is CovarianceRows:
+        rows = state["rows"]
+        acc = CovarianceRows(dim, capacity=int(state["capacity"]), normalize=normalize, dtype=rows.dtype, device=device)
+        filled = int(state["filled"])
+        acc.rows[:filled] = rows[:filled].to(acc.device)
+        acc.row_weights[:filled] = state["row_weights"][:filled].to(acc.device)
+        acc.filled, acc.dropped_rows = filled, int(state.get("dropped_rows", 0))
+    elif cls is CovarianceMoments:
+        acc = CovarianceMoments(dim, shift=state["shift"].to(device or "cpu"), normalize=normalize, device=device)
+    else:
+        acc = CrossCorrelationSums(dim, normalize=normalize, device=device)
+    for name in cls._summed:
+        setattr(acc, name, state[name].to(acc.device, torch.float64))
+    return acc

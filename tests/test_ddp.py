@@ -71,3 +71,74 @@ def test_ddp_probe_gathers_every_shard_and_agrees_across_ranks(tmp_path):
     # default folders (no dirpath) work under DDP: the monitor's files and the probe's, written once
     files = {p.name for p in (tmp_path / "ddp" / "stepwise").iterdir()}
     assert {"spectrum.npz", "onsets.csv", "probe.csv", "probe_modes.png"} <= files
+
+
+ONSETS_SCRIPT = Path(__file__).parent / "scripts" / "ddp_onsets.py"
+DESIGNED_ONSETS = (16, 32, 48)  # ddp_onsets.ONSETS: the truth of the designed staircase
+
+
+@pytest.fixture(scope="module")
+def staircase_runs(tmp_path_factory):
+    """One process (per-half BatchNorm), DDP with Lightly's gather_distributed loss, ddp_spawn without."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, args in (("single", ["1", "auto", "local", "ghost"]), ("ddp", ["2", "ddp", "gather", "bn"]),
+                       ("ddp_spawn", ["2", "ddp_spawn", "local", "bn"])):
+        out = tmp_path_factory.mktemp(name)
+        result = subprocess.run([sys.executable, str(ONSETS_SCRIPT), str(out), *args], capture_output=True,
+                                text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = out
+    return runs
+
+
+def load_rank(out: Path, name: str, rank: int):
+    import json
+
+    return (np.load(out / f"{name}_rank{rank}.npz"), json.loads((out / f"{name}_onsets_rank{rank}.json").read_text()))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+@pytest.mark.parametrize("route", ["cov", "gram"])
+def test_ddp_onsets_are_identical_on_ranks_and_equal_the_global_batch(staircase_runs, strategy, route):
+    (h0, onsets0), (h1, onsets1) = (load_rank(staircase_runs[strategy], route, r) for r in (0, 1))
+    single, single_onsets = load_rank(staircase_runs["single"], route, 0)
+    for key in h0.files:
+        np.testing.assert_array_equal(h0[key], h1[key], err_msg=f"{key} differs between ranks")
+    assert onsets0 == onsets1
+    np.testing.assert_array_equal(h0["samples"], single["samples"])
+    np.testing.assert_allclose(h0["eigenvalues"], single["eigenvalues"], rtol=1e-9, atol=1e-15)
+    assert [r["mode"] for r in onsets0] == [r["mode"] for r in single_onsets] == [0, 1, 2]
+    for record, reference, truth in zip(onsets0, single_onsets, DESIGNED_ONSETS, strict=True):
+        assert record["onset_step"] == pytest.approx(reference["onset_step"], rel=1e-9)
+        assert record["confirmed_step"] == reference["confirmed_step"]
+        assert abs(record["onset_step"] - truth) <= 2  # one measurement interval
+    if strategy == "ddp":  # BarlowTwinsLoss(gather_distributed=True): the loss is the global batch's loss
+        np.testing.assert_allclose(h0["loss"], single["loss"], rtol=1e-5)
+    else:  # a local loss per rank: the recorded loss is the mean of the ranks' losses, another number
+        assert not np.allclose(h0["loss"], single["loss"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_ddp_probe_is_identical_on_ranks_and_equals_one_process(staircase_runs, strategy):
+    import json
+
+    rank0, rank1 = (json.loads((staircase_runs[strategy] / f"probe_rank{r}.json").read_text()) for r in (0, 1))
+    single = json.loads((staircase_runs["single"] / "probe_rank0.json").read_text())
+    assert rank0 == rank1
+    assert rank0["train_size"] == single["train_size"] == 96
+    assert rank0["top1"] == pytest.approx(single["top1"], abs=1 / 64)
+    assert [k for k, _ in rank0["modes"]] == [k for k, _ in single["modes"]]
+    for (_, a), (_, b) in zip(rank0["modes"], single["modes"], strict=True):
+        assert a == pytest.approx(b, abs=1 / 64)
+
+
+def test_ddp_step_path_waits_on_the_device_once_per_fit(staircase_runs):
+    import json
+
+    # CPU stand-in count (tests/sync_counter.py) inside the monitor's hooks: one process never waits; under
+    # DDP the first window reads the agreed rows per step once, and nothing else in 90 steps does.
+    assert json.loads((staircase_runs["single"] / "syncs_rank0.json").read_text()) == []
+    for rank in (0, 1):
+        assert json.loads((staircase_runs["ddp"] / f"syncs_rank{rank}.json").read_text()) == [
+            [0, "_local_scalar_dense"]]

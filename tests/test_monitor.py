@@ -235,8 +235,9 @@ def test_non_finite_embeddings_warn_once_count_and_skip():
     with pytest.warns(StepwiseWarning, match="non-finite") as record:
         trainer(max_steps=8, callbacks=[monitor]).fit(SometimesNaN(), pair_loader())
     assert sum("non-finite embeddings;" in str(w.message) for w in record) == 1
-    # The window opened at step 2 waits for usable embeddings through step 3, then gives up: no row.
-    assert monitor.skipped_batches == 2
+    # The window opened at step 2 needs one batch (32 rows) and that batch is non-finite: skipped, no row.
+    # Step 3 is outside any window, so its non-finite embeddings are never looked at.
+    assert monitor.skipped_batches == 1
     assert list(monitor.history["step"]) == [0, 4, 6]
 
     with pytest.raises(RuntimeError, match="strict=True.*non-finite"):
@@ -377,3 +378,42 @@ def test_skipped_batches_in_a_window_open_at_fit_end_are_counted_once(tmp_path):
     resumed, _ = run(12, ckpt_path=tmp_path / "mid_window.ckpt")
     assert resumed.skipped_batches == 1  # the same skipped batch, not counted again on completion
     np.testing.assert_array_equal(resumed.history["samples"], [96, 64])
+
+
+def test_each_measurement_is_recorded_when_the_next_window_opens_and_all_by_fit_end():
+    import threading
+
+    pl = pl_namespace("lightning.pytorch")
+    seen: list[tuple[int, int]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((trainer.global_step, len(monitor.history["step"])))
+
+    def solver_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("stepwise-eigensolve")}
+
+    before = solver_threads()
+    monitor = StepwiseMonitor(every_n_steps=4, window=32)  # one batch a window
+    trainer(max_steps=12, callbacks=[monitor, Watch()]).fit(make_ssl_module(), pair_loader())
+    # The window of step 0 is solved off the training loop and recorded when the step-4 window opens.
+    assert dict(seen)[4] == 0 and dict(seen)[5] == 1 and dict(seen)[9] == 2 and dict(seen)[12] == 2
+    assert list(monitor.history["step"]) == [0, 4, 8]  # the last one at fit end
+    assert solver_threads() <= before  # the worker thread ends with the fit
+
+
+def test_a_failing_eigensolve_warns_once_and_training_goes_on(monkeypatch):
+    from lightning_stepwise.spectrum import SpectrumProblem
+
+    def broken(self):
+        raise torch.linalg.LinAlgError("the algorithm failed to converge")
+
+    monkeypatch.setattr(SpectrumProblem, "solve", broken)
+    monitor = StepwiseMonitor(every_n_steps=2, window=32)
+    with pytest.warns(StepwiseWarning, match="could not be computed.*failed to converge") as record:
+        trainer(max_steps=8, callbacks=[monitor]).fit(make_ssl_module(), pair_loader())
+    assert sum("could not be computed" in str(w.message) for w in record) == 1
+    assert len(monitor.history["step"]) == 0
+    with pytest.raises(torch.linalg.LinAlgError):
+        trainer(max_steps=8, callbacks=[StepwiseMonitor(every_n_steps=2, window=32, strict=True)]).fit(
+            make_ssl_module(), pair_loader())

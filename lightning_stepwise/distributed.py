@@ -1,0 +1,57 @@
+"""Collectives for the monitor's states that never wait on the device from the host.
+
+Lightning's ``strategy.reduce`` puts a barrier before every all-reduce and torchmetrics' ``Metric`` sync
+gathers state sizes to the host; under NCCL both make the CPU wait for the GPU. These helpers issue the
+collective on the current stream and return at once (same-shaped tensors on every rank), so a step that
+reduces a window's statistics does not stall the training pipeline. Outside a process group they are
+the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["all_gather_cat", "all_reduce_sum", "distributed_world_size"]
+
+
+def distributed_world_size() -> int:
+    """Processes in the default process group (1 when none is initialised).
+
+    Example:
+        >>> distributed_world_size()
+        1
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over all ranks (a new tensor; no barrier, no host synchronisation).
+
+    Example:
+        >>> all_reduce_sum(torch.ones(2))  # one process: the tensor itself
+        tensor([1., 1.])
+    """
+    if distributed_world_size() == 1:
+        return tensor
+    out = tensor.detach().clone().contiguous()
+    torch.distributed.all_reduce(out)
+    return out
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` (same shape on all ranks) concatenated along dim 0, in rank order.
+
+    Example:
+        >>> all_gather_cat(torch.ones(2, 3)).shape  # one process: the tensor itself
+        torch.Size([2, 3])
+    """
+    world = distributed_world_size()
+    if world == 1:
+        return tensor
+    tensor = tensor.detach().contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(parts, tensor)
+    return torch.cat(parts)
