@@ -1,6 +1,6 @@
 """lightning-stepwise: see the stepwise learning of self-supervised models in your Lightning runs.
 
-Example:
+Examples:
     >>> from lightning_stepwise import StepwiseMonitor
     >>> monitor = StepwiseMonitor(every_n_steps=25)
 """

@@ -65,7 +65,7 @@ _STATE_VERSION = 2  # 2: accumulators' own state dicts (1 held torchmetrics stat
 class StepwiseWarning(UserWarning):
     """Problems the monitor skipped over instead of interrupting training.
 
-    Example:
+    Examples:
         >>> import warnings
         >>> warnings.simplefilter("error", StepwiseWarning)  # make them errors, e.g. in a test suite
         >>> warnings.resetwarnings()
@@ -232,7 +232,7 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             curves are drawn dashed in ``stepwise.png`` and the onset table gets
             ``predicted_onset_step`` and ``relative_error``.
 
-    Example:
+    Examples:
         >>> import lightning.pytorch as pl
         >>> monitor = StepwiseMonitor(every_n_steps=10, window=512)
         >>> trainer = pl.Trainer(callbacks=[monitor], max_steps=100, logger=False)  # doctest: +SKIP
@@ -366,6 +366,11 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             if p.point.name == point:
                 return [dict(r) for r in p.onset_table()]
         raise KeyError(f"no tracking point {point!r}; tracked: {[p.point.name for p in self._points]}")
+
+    @property
+    def tracking_points(self) -> list[TrackingPoint]:
+        """Where the embeddings are captured (known after set-up): name, source, ``describe()``."""
+        return [p.point for p in self._points]
 
     @property
     def modes_learned(self) -> int:
@@ -891,7 +896,7 @@ class LinearProbe(*_CALLBACK_BASES):  # type: ignore[misc]
         name: metric prefix (``probe`` gives ``probe_top1``).
         strict: raise when a probe fails during training instead of warning.
 
-    Example:
+    Examples:
         >>> probe = LinearProbe(train_loader, val_loader, every_n_epochs=5)    # doctest: +SKIP
         >>> trainer = pl.Trainer(callbacks=[StepwiseMonitor(), probe])          # doctest: +SKIP
         >>> probe.results[-1]["top1"]                                            # doctest: +SKIP

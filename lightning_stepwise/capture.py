@@ -52,7 +52,7 @@ _AUTO_MODULE_NAMES = ("projection_head", "backbone")
 class NoEmbeddingFoundError(ValueError):
     """Raised at fit start when the monitor cannot tell where the embeddings are.
 
-    Example:
+    Examples:
         >>> try:
         ...     find_tracking_points(torch.nn.Sequential(torch.nn.Linear(2, 2)))
         ... except NoEmbeddingFoundError as err:
@@ -64,7 +64,7 @@ class NoEmbeddingFoundError(ValueError):
 def is_lightly_loss(module: nn.Module) -> bool:
     """Whether ``module`` is a loss from ``lightly.loss``.
 
-    Example:
+    Examples:
         >>> from lightly.loss import BarlowTwinsLoss
         >>> is_lightly_loss(BarlowTwinsLoss()), is_lightly_loss(torch.nn.MSELoss())
         (True, False)
@@ -75,7 +75,7 @@ def is_lightly_loss(module: nn.Module) -> bool:
 def loss_normalizes_inputs(module: nn.Module) -> bool:
     """Whether ``module`` is a Lightly loss that L2-normalises its inputs (NT-Xent, DCL, ...).
 
-    Example:
+    Examples:
         >>> from lightly.loss import BarlowTwinsLoss, NTXentLoss
         >>> loss_normalizes_inputs(NTXentLoss()), loss_normalizes_inputs(BarlowTwinsLoss())
         (True, False)
@@ -90,7 +90,7 @@ class TrackingPoint:
     ``name`` is the dotted module path (``"criterion"``, ``"model.projection_head"``) or
     ``"embedding_fn"``.
 
-    Example:
+    Examples:
         >>> point = TrackingPoint("projection_head", "module_output", torch.nn.Identity())
         >>> point.describe()
         'the output of `projection_head` (Identity)'
@@ -161,7 +161,7 @@ def find_tracking_points(
     Raises :class:`NoEmbeddingFoundError`, listing the submodules it found and the two ways to point
     the monitor, when nothing usable exists.
 
-    Example:
+    Examples:
         >>> from lightly.loss import BarlowTwinsLoss
         >>> net = torch.nn.Module()
         >>> net.projection_head = torch.nn.Linear(4, 2)
@@ -201,7 +201,7 @@ def find_tracking_points(
 def flatten_tensors(obj: Any) -> list[Tensor]:
     """All tensors in a nested structure of tuples, lists and mappings, in order.
 
-    Example:
+    Examples:
         >>> len(flatten_tensors((torch.zeros(1), [torch.ones(2), 3], {"a": torch.ones(1)})))
         3
     """
@@ -221,7 +221,7 @@ def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tu
     to ``N x (C*H*W)``; tensors whose width differs from the first one's are dropped. Returns the rows
     (or ``None``) and a list of ``(problem_key, message)`` for the caller to warn about once.
 
-    Example:
+    Examples:
         >>> rows, problems = to_embedding_rows([torch.ones(4, 8), torch.ones(4, 8)])
         >>> tuple(rows.shape), problems
         ((8, 8), [])
@@ -266,7 +266,7 @@ class EmbeddingTap:
 
     Copies are detached clones (the model may modify its tensors in place later in the step).
 
-    Example:
+    Examples:
         >>> head = torch.nn.Linear(4, 2)
         >>> tap = EmbeddingTap(TrackingPoint("head", "module_output", head)).attach()
         >>> _ = head(torch.ones(3, 4))        # inactive: nothing kept

@@ -107,7 +107,7 @@ def _probe(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-stepwise`` console script.
 
-    Example:
+    Examples:
         >>> main(["--version"])  # doctest: +SKIP
         lightning-stepwise 0.1.0
     """

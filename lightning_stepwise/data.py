@@ -7,12 +7,20 @@ offset, and Gaussian noise (the recipe of ``tests/data/resnet18_digits_bt_smalli
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["TwoViewCollate", "digits_dataloader", "digits_probe_loaders", "load_digits_images", "random_view"]
+__all__ = [
+    "DigitsDataModule",
+    "TwoViewCollate",
+    "digits_dataloader",
+    "digits_probe_loaders",
+    "load_digits_images",
+    "random_view",
+]
 
 
 def load_digits_images(size: int = 16, channels: int = 1) -> tuple[Tensor, Tensor]:
@@ -20,7 +28,7 @@ def load_digits_images(size: int = 16, channels: int = 1) -> tuple[Tensor, Tenso
 
     ``channels=3`` repeats the grey channel, for backbones such as torchvision's ResNets.
 
-    Example:
+    Examples:
         >>> images, labels = load_digits_images(size=16)
         >>> tuple(images.shape), int(labels.max())
         ((1797, 1, 16, 16), 9)
@@ -40,7 +48,7 @@ def random_view(images: Tensor, generator: torch.Generator | None = None) -> Ten
 
     Scale 0.75-1.15, rotation +-0.3 rad, shift +-15 %, gain 0.6-1.4, offset +-0.3, noise sigma 0.1.
 
-    Example:
+    Examples:
         >>> x = torch.zeros(4, 1, 16, 16)
         >>> random_view(x).shape
         torch.Size([4, 1, 16, 16])
@@ -69,7 +77,7 @@ def random_view(images: Tensor, generator: torch.Generator | None = None) -> Ten
 class TwoViewCollate:
     """Collate ``(image, label)`` pairs into Lightly's batch layout ``((view0, view1), labels)``.
 
-    Example:
+    Examples:
         >>> images, labels = load_digits_images(size=8)
         >>> (x0, x1), y = TwoViewCollate()([(images[i], labels[i]) for i in range(4)])
         >>> tuple(x0.shape), bool((x0 != x1).any())
@@ -86,7 +94,7 @@ def digits_dataloader(batch_size: int = 256, size: int = 16, channels: int = 1, 
                       drop_last: bool = True, seed: int | None = None) -> DataLoader:
     """A two-view SSL dataloader over the embedded digits (no download, no worker processes).
 
-    Example:
+    Examples:
         >>> loader = digits_dataloader(batch_size=64)
         >>> (x0, x1), labels = next(iter(loader))
         >>> tuple(x0.shape), len(loader) == 1797 // 64
@@ -104,7 +112,7 @@ def digits_probe_loaders(size: int = 16, channels: int = 1, batch_size: int = 51
 
     For linear probes: the same images the SSL loaders augment, without augmentation.
 
-    Example:
+    Examples:
         >>> train, val = digits_probe_loaders(size=8)
         >>> x, y = next(iter(train))
         >>> tuple(x.shape[1:]), len(train.dataset) + len(val.dataset)
@@ -118,3 +126,37 @@ def digits_probe_loaders(size: int = 16, channels: int = 1, batch_size: int = 51
     train, val = order[:cut], order[cut:]
     return (DataLoader(TensorDataset(images[train], labels[train]), batch_size=batch_size, shuffle=False),
             DataLoader(TensorDataset(images[val], labels[val]), batch_size=batch_size, shuffle=False))
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The embedded digits as a datamodule: two-view SSL batches to train on, labelled images to probe.
+
+    ``train_dataloader()`` yields Lightly's layout ``((view0, view1), labels)`` (see
+    :func:`digits_dataloader`); ``val_dataloader()`` the un-augmented validation split of
+    :func:`digits_probe_loaders`. A :class:`~lightning_stepwise.LinearProbe` without loaders of its own
+    fits on the first training view and measures on the validation split. Made for ``LightningCLI``
+    configs (``data: class_path: lightning_stepwise.data.DigitsDataModule``).
+
+    Examples:
+        >>> data = DigitsDataModule(batch_size=64)
+        >>> (x0, x1), y = next(iter(data.train_dataloader()))
+        >>> tuple(x0.shape), len(data.val_dataloader().dataset)
+        ((64, 1, 16, 16), 539)
+    """
+
+    def __init__(self, batch_size: int = 256, size: int = 16, channels: int = 1, val_fraction: float = 0.3,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.size = size
+        self.channels = channels
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        """Two augmented views of every image, labels alongside."""
+        return digits_dataloader(batch_size=self.batch_size, size=self.size, channels=self.channels, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        """The labelled validation split, un-augmented."""
+        return digits_probe_loaders(self.size, self.channels, val_fraction=self.val_fraction, seed=self.seed)[1]

@@ -23,7 +23,7 @@ __all__ = ["DigitsBarlowTwins", "format_summary", "run_demo", "small_conv_backbo
 def small_conv_backbone(width: int = 32) -> nn.Sequential:
     """A three-layer conv net for 16x16 single-channel images, ``(B, 4*width)`` features.
 
-    Example:
+    Examples:
         >>> small_conv_backbone(8)(torch.zeros(2, 1, 16, 16)).shape
         torch.Size([2, 32])
     """
@@ -40,7 +40,7 @@ class DigitsBarlowTwins(pl.LightningModule):
     ``init_scale`` multiplies every conv and linear weight after the default initialisation (the
     paper's small-initialisation setting makes the steps sharper).
 
-    Example:
+    Examples:
         >>> model = DigitsBarlowTwins(width=8, embedding_dim=16)
         >>> model(torch.zeros(4, 1, 16, 16)).shape
         torch.Size([4, 16])
@@ -78,7 +78,7 @@ class DigitsBarlowTwins(pl.LightningModule):
 def format_summary(history: dict[str, np.ndarray], max_rows: int = 12, top: int = 6) -> str:
     """A terminal table of the spectrum over time (evenly chosen rows of the history).
 
-    Example:
+    Examples:
         >>> h = {"step": np.array([0, 10]), "epoch": np.array([0, 1]), "loss": np.array([3.0, 2.0]),
         ...      "effective_rank": np.array([1.5, 3.2]), "eigenvalues": np.array([[4.0, 1.0], [2.0, 2.0]])}
         >>> print(format_summary(h, top=2).splitlines()[0])
@@ -111,7 +111,7 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     Returns the monitor (its ``history`` and ``output_dir``). Files go to
     ``<output>/logs/version_N/stepwise`` (the CSV logger's folder).
 
-    Example:
+    Examples:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
         >>> sorted(p.name for p in monitor.output_dir.iterdir())                              # doctest: +SKIP
         ['onsets.csv', 'onsets.json', 'probe.csv', 'probe_modes.csv', 'probe_modes.png', 'spectrum.csv', ...]

@@ -18,7 +18,7 @@ __all__ = ["all_gather_cat", "all_reduce_sum", "distributed_world_size"]
 def distributed_world_size() -> int:
     """Processes in the default process group (1 when none is initialised).
 
-    Example:
+    Examples:
         >>> distributed_world_size()
         1
     """
@@ -30,7 +30,7 @@ def distributed_world_size() -> int:
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """The sum of ``tensor`` over all ranks (a new tensor; no barrier, no host synchronisation).
 
-    Example:
+    Examples:
         >>> all_reduce_sum(torch.ones(2))  # one process: the tensor itself
         tensor([1., 1.])
     """
@@ -44,7 +44,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 def all_gather_cat(tensor: Tensor) -> Tensor:
     """Every rank's ``tensor`` (same shape on all ranks) concatenated along dim 0, in rank order.
 
-    Example:
+    Examples:
         >>> all_gather_cat(torch.ones(2, 3)).shape  # one process: the tensor itself
         torch.Size([2, 3])
     """

@@ -35,7 +35,7 @@ class SpectrumHistory:
     (``stride`` doubles), so the history stays an evenly thinned record of the whole run, whatever
     its length. A row is identified by its ``measurement`` index (0, 1, 2, ... over the run).
 
-    Example:
+    Examples:
         >>> h = SpectrumHistory(max_rows=4)
         >>> for i in range(10):
         ...     h.append(measurement=i, step=10 * i, eigenvalues=np.ones(3))

@@ -24,7 +24,7 @@ __all__ = ["LinearSSL", "ViewPairs", "view_pair_loader"]
 class ViewPairs(Dataset):
     """Fixed pairs of views as a dataset of ``((x0_i, x1_i), 0)``, the batch shape Lightly's modules expect.
 
-    Example:
+    Examples:
         >>> pairs = ViewPairs(np.zeros((3, 2)), np.ones((3, 2)))
         >>> (a, b), _ = pairs[0]
         >>> a.tolist(), b.tolist()
@@ -48,7 +48,7 @@ class ViewPairs(Dataset):
 def view_pair_loader(x0: ArrayLike | Tensor, x1: ArrayLike | Tensor) -> DataLoader:
     """All pairs in one batch, every step: full-batch gradient descent, as the theory assumes.
 
-    Example:
+    Examples:
         >>> loader = view_pair_loader(np.zeros((5, 2)), np.zeros((5, 2)))
         >>> (x0, x1), _ = next(iter(loader))
         >>> tuple(x0.shape), len(loader)
@@ -74,7 +74,7 @@ class LinearSSL(pl.LightningModule):
     The map is called ``projection_head``, so :class:`~lightning_stepwise.StepwiseMonitor` finds it,
     and ``initial_weight`` keeps ``W(0)`` for :meth:`LinearSSLTheory.step_times(W0=...)`.
 
-    Example:
+    Examples:
         >>> model = LinearSSL(in_dim=8, out_dim=3, init_scale=1e-3)
         >>> tuple(model.initial_weight.shape)
         (3, 8)
@@ -123,7 +123,7 @@ def digits_view_pairs(n: int = 500, *, size: int = 8, seed: int = 0) -> tuple[np
     Centring removes the mean direction (which a covariance ignores but ``C`` would learn first);
     scaling makes the largest ``γ`` 1, so learning rates carry over between datasets.
 
-    Example:
+    Examples:
         >>> x0, x1 = digits_view_pairs(n=100)
         >>> x0.shape, round(float(np.linalg.eigvalsh((x0.T @ x1 + x1.T @ x0) / 200).max()), 6)
         ((100, 64), 1.0)
@@ -165,7 +165,7 @@ def run_linear_theory_experiment(
     Returns:
         ``(monitor, prediction)``.
 
-    Example:
+    Examples:
         >>> monitor, prediction = run_linear_theory_experiment(max_steps=300)  # doctest: +SKIP
         >>> round(monitor.onsets[0]["relative_error"], 4)                       # doctest: +SKIP
         -0.0044

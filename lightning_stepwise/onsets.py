@@ -81,7 +81,7 @@ _TINY = np.finfo(np.float64).tiny
 class OnsetInputWarning(UserWarning):
     """Rows dropped from an onset or loss-drop detection because they held NaN or infinite values.
 
-    Example:
+    Examples:
         >>> import warnings
         >>> warnings.simplefilter("error", OnsetInputWarning)  # refuse partial inputs
         >>> warnings.resetwarnings()
@@ -130,7 +130,7 @@ def _keep_finite_rows(finite: np.ndarray, what: str) -> np.ndarray:
 def running_median(values: np.ndarray, rows: int) -> np.ndarray:
     """Median over a centred window of ``rows`` rows (odd), along axis 0; edges repeat the end rows.
 
-    Example:
+    Examples:
         >>> running_median(np.array([1.0, 9.0, 2.0, 3.0, 4.0]), 3).tolist()
         [1.0, 2.0, 3.0, 3.0, 4.0]
     """
@@ -215,7 +215,7 @@ DEFAULT_ONSET_OPTIONS: dict[str, float] = {"min_rise": 10.0, "min_relative_plate
 def check_onset_options(**options: Any) -> dict[str, Any]:
     """The detection options with defaults filled in; ``ValueError`` naming any unknown or out of range.
 
-    Example:
+    Examples:
         >>> check_onset_options(smoothing=4)
         Traceback (most recent call last):
         ...
@@ -287,7 +287,7 @@ def detect_onsets(
         ValueError: fewer than 3 usable rows, steps not increasing, shapes that do not match, rows
             not sorted (unless ``per_mode``), or options out of range.
 
-    Example:
+    Examples:
         >>> steps = np.arange(0, 400, 10)
         >>> rise = lambda c: 1e-3 + 1 / (1 + np.exp(-(steps - c) / 8))      # logistic, half-way at c
         >>> eigs = np.sort(np.stack([rise(100), rise(250), np.full(40, 1e-3)], 1), axis=1)[:, ::-1]
@@ -424,7 +424,7 @@ class OnsetTracker:
     and only the rows from where that column's search starts. Detection is causal, so the records
     are those :func:`detect_onsets` finds on the same rows, and a record never changes once made.
 
-    Example:
+    Examples:
         >>> steps = np.arange(0, 400, 10)
         >>> rise = lambda c: 1e-3 + 1 / (1 + np.exp(-(steps - c) / 8))
         >>> eigs = np.sort(np.stack([rise(100), rise(250), np.full(40, 1e-3)], 1), axis=1)[:, ::-1]
@@ -521,7 +521,7 @@ def detect_loss_steps(
         where the loss crosses the middle between its levels before and after, ``drop_start_step`` and
         ``drop_end_step`` where 10 % and 90 % of the drop are done.
 
-    Example:
+    Examples:
         >>> steps = np.arange(60)
         >>> loss = 3.0 - (steps >= 20) - (steps >= 40) + 0.01 * np.sin(steps)
         >>> [round(d["drop_step"]) for d in detect_loss_steps(steps, loss)]
@@ -596,7 +596,7 @@ def match_loss_drops(
         Copies of ``onsets`` with ``loss_drop_step`` and ``loss_drop`` filled where a drop matched
         (NaN elsewhere). Closest pairs are matched first.
 
-    Example:
+    Examples:
         >>> onsets = [{"mode": 0, "onset_step": 100.0, "rise_steps": 30.0}]
         >>> match_loss_drops(onsets, [{"drop_step": 95.0, "drop": 1.0}])[0]["loss_drop_step"]
         95.0
@@ -622,7 +622,7 @@ def closest_pairs(
     ``tolerance`` is one number or one per ``x``. Used to match onsets with loss drops, and detected
     onsets with a known truth.
 
-    Example:
+    Examples:
         >>> closest_pairs([10.0, 50.0], [12.0, 11.0, 90.0], 5.0)
         [(0, 1)]
     """

@@ -49,7 +49,7 @@ class ProbeResult(Mapping[str, Any]):
         train_top1: top-1 on the training features (a check for under/over-fitting).
         classes: number of classes; ``train_size``, ``val_size``, ``width``: the data's shape.
 
-    Example:
+    Examples:
         >>> r = ProbeResult(top1=0.9, topk={5: 1.0}, modes=[(1, 0.3)], train_top1=0.95, classes=10,
         ...                 train_size=100, val_size=50, width=8)
         >>> r["top1"], r["top5"], r["modes"]
@@ -87,7 +87,7 @@ class ProbeResult(Mapping[str, Any]):
 def mode_counts(width: int, extra: Iterable[int] = ()) -> list[int]:
     """``1, 2, 4, ...`` up to ``width``, ``width`` itself, and any ``extra`` counts within range, sorted.
 
-    Example:
+    Examples:
         >>> mode_counts(12, extra=[5])
         [1, 2, 4, 5, 8, 12]
     """
@@ -184,7 +184,7 @@ def fit_linear_probe(
         ValueError: empty sets, a single class, mismatched widths or lengths, non-integer labels,
             NaN features, validation labels the training set has never seen.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(200) % 4
         >>> x = torch.nn.functional.one_hot(y, 4).double() * 3 + torch.randn(200, 4, generator=g, dtype=torch.float64)
@@ -253,7 +253,7 @@ def point_features(path: str) -> FeatureFn:
     For a point that ``forward`` passes through, e.g. ``"projection_head"`` of a Lightly module, or any
     point the monitor tracks. Raises ``ValueError`` naming the submodules when ``path`` does not exist.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
         >>> point_features("1")(net, torch.randn(4, 3)).shape
         torch.Size([4, 5])
@@ -290,7 +290,7 @@ def _default_features(module: nn.Module, x: Tensor) -> Tensor:
 def split_labelled_batch(batch: Any) -> tuple[Tensor, Tensor]:
     """(inputs, labels) from a labelled batch: ``(x, y)``, ``((x0, x1, ...), y)`` (first view) or a dict.
 
-    Example:
+    Examples:
         >>> x, y = split_labelled_batch(((torch.zeros(2, 3), torch.ones(2, 3)), torch.tensor([0, 1])))
         >>> x.sum().item(), y.tolist()
         (0.0, [0, 1])
@@ -324,7 +324,7 @@ def extract_features(
     (flattened), else the module's output. BatchNorm and Dropout run in eval mode; the module's
     previous train/eval state is restored afterwards, also when extraction fails.
 
-    Example:
+    Examples:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).train()
         >>> loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.arange(10) % 2), batch_size=4)
@@ -374,7 +374,7 @@ def linear_probe(
         feature_fn: ``fn(module, inputs) -> features``; default: the ``backbone`` output.
         **fit_options: passed to :func:`fit_linear_probe`.
 
-    Example:
+    Examples:
         >>> result = linear_probe(model, train_loader, val_loader)   # doctest: +SKIP
         >>> result["top1"], result["modes"][:3]                       # doctest: +SKIP
     """
@@ -396,7 +396,7 @@ def _percent(value: Any) -> str:
 def format_modes(modes: Sequence[tuple[int, float]]) -> str:
     """One line: probe accuracy on the top-``k`` eigen-directions, for each ``k``.
 
-    Example:
+    Examples:
         >>> format_modes([(1, 0.25), (2, 0.5)])
         'top-k eigen-directions:  1: 25.0 %,  2: 50.0 %'
     """
@@ -406,7 +406,7 @@ def format_modes(modes: Sequence[tuple[int, float]]) -> str:
 def format_probe_table(rows: Sequence[Mapping[str, Any]], modes: Sequence[tuple[int, float]] = ()) -> str:
     """The probe results for a terminal: one line per probe run, then accuracy per number of modes.
 
-    Example:
+    Examples:
         >>> print(format_probe_table([{"step": 800, "modes_learned": 5, "top1": 0.91, "top5": 0.99}], [(1, 0.3)]))
           step  modes learned   top-1   top-5
            800              5  91.0 %  99.0 %

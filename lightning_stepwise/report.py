@@ -39,7 +39,7 @@ def save_spectrum(
 ) -> tuple[Path, Path]:
     """Write ``<stem>.npz`` (every array) and ``<stem>.csv`` (the scalar columns); return both paths.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from lightning_stepwise.history import SpectrumHistory
         >>> h = SpectrumHistory(); h.append(measurement=0, step=0, eigenvalues=np.ones(2))
@@ -64,7 +64,7 @@ def save_spectrum(
 def load_spectrum(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a ``spectrum.npz`` written by :func:`save_spectrum` (or a run folder holding one).
 
-    Example:
+    Examples:
         >>> load_spectrum("missing-run")
         Traceback (most recent call last):
         ...
@@ -84,7 +84,7 @@ def save_onsets(
 ) -> tuple[Path, Path]:
     """Write onset records as ``<stem>.csv`` and ``<stem>.json`` (columns :data:`ONSET_COLUMNS`).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> csv_path, json_path = save_onsets([{"mode": 0, "onset_step": 120.0}], tempfile.mkdtemp())
         >>> load_onsets(json_path)[0]["onset_step"]
@@ -106,7 +106,7 @@ def save_onsets(
 def load_onsets(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     """Read onset records from the ``.json`` or ``.csv`` written by :func:`save_onsets` (NaN for blanks).
 
-    Example:
+    Examples:
         >>> load_onsets("missing-run/onsets.json")
         Traceback (most recent call last):
         ...
@@ -131,7 +131,7 @@ def _is_nan(value: Any) -> bool:
 def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
     """The per-mode table for a terminal: mode, onset, rise, plateau, epoch and the matched loss drop.
 
-    Example:
+    Examples:
         >>> print(format_onset_table([{"mode": 3, "onset_step": 230.4, "rise_steps": 41.0, "plateau": 0.93}]))
         mode  onset step  rise (steps)  plateau  epoch  loss drop (step)
            3         230            41     0.93      -                 -
@@ -206,7 +206,7 @@ def plot_stepwise(
     Returns:
         A matplotlib ``Figure`` made without pyplot (no window opens; nothing to close).
 
-    Example:
+    Examples:
         >>> steps = np.arange(0, 300, 10)
         >>> fig = plot_stepwise({"step": steps, "eigenvalues": np.ones((30, 4)), "loss": np.ones(30)})
         >>> len(fig.axes)  # eigenvalues, loss, colour bar (and "modes learned" over the loss when onsets given)
@@ -294,7 +294,7 @@ def plot_stepwise(
 class RunReport:
     """What :func:`report_run` found and wrote for one ``spectrum*.npz``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from lightning_stepwise.synthetic import stepwise_trajectories
         >>> run, folder = stepwise_trajectories(8, rows=80, seed=0), tempfile.mkdtemp()
@@ -331,7 +331,7 @@ def report_run(
         One :class:`RunReport` per spectrum file. For ``spectrum_<point>.npz`` the files are
         ``onsets_<point>.*`` and ``stepwise_<point>.png``.
 
-    Example:
+    Examples:
         >>> report_run("missing-run")
         Traceback (most recent call last):
         ...
@@ -375,7 +375,7 @@ def plot_probe_modes(
 ) -> Any:
     """Probe accuracy against the number of leading covariance eigen-directions kept.
 
-    Example:
+    Examples:
         >>> fig = plot_probe_modes([(1, 0.3), (2, 0.55), (4, 0.8), (8, 0.9)], learned_modes=5)
         >>> fig.axes[0].get_xlabel()
         'leading eigen-directions kept (k)'
@@ -409,7 +409,7 @@ def save_probe(
 ) -> list[Path]:
     """Write ``probe.csv`` (one row per probe run), and ``probe_modes.csv`` / ``probe_modes.png`` when given.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> paths = save_probe([{"step": 10, "top1": 0.5}], [(1, 0.4), (2, 0.5)], tempfile.mkdtemp())
         >>> [p.name for p in paths]

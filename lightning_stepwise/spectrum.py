@@ -58,7 +58,7 @@ GRAM_BLOCK_COLUMNS = 1024
 def uses_gram_route(num_samples: int, dim: int) -> bool:
     """Whether the ``N x N`` Gram matrix is the cheaper way to the covariance eigenvalues.
 
-    Example:
+    Examples:
         >>> uses_gram_route(num_samples=1024, dim=8192)
         True
         >>> uses_gram_route(num_samples=1024, dim=64)
@@ -76,7 +76,7 @@ class SpectrumProblem:
     than ``min_samples`` samples the spectrum is NaN. Tensors stay on the device they were made on
     until :meth:`solve`, which may run anywhere (the monitor solves a host copy in a worker thread).
 
-    Example:
+    Examples:
         >>> z = torch.randn(50, 3, dtype=torch.float64)
         >>> zc = z - z.mean(0)
         >>> problem = SpectrumProblem(zc.T @ zc, divisor=torch.tensor(49.0, dtype=torch.float64),
@@ -183,7 +183,7 @@ def eigenvalues_from_gram(rows: Tensor) -> Tensor:
     descending, clamped at 0 (the covariance is positive semi-definite; tiny negative round-off
     is not information).
 
-    Example:
+    Examples:
         >>> z = torch.randn(8, 32, dtype=torch.float64)
         >>> eigenvalues_from_gram(z).shape
         torch.Size([32])
@@ -210,7 +210,7 @@ def eigenvalues_from_moments(count: Tensor | float, total: Tensor, outer: Tensor
     ``total = sum(z - c)`` and ``outer = sum((z - c)(z - c)^T)`` over ``count`` rows for any fixed
     shift ``c``; the shift cancels. Returns float64, descending, clamped at 0.
 
-    Example:
+    Examples:
         >>> z = torch.randn(100, 4, dtype=torch.float64)
         >>> c = z[:10].mean(0)
         >>> ev = eigenvalues_from_moments(100, (z - c).sum(0), (z - c).T @ (z - c))
@@ -227,7 +227,7 @@ def eigenvalues_from_moments(count: Tensor | float, total: Tensor, outer: Tensor
 def covariance_eigenvalues(rows: Tensor) -> Tensor:
     """All covariance eigenvalues of ``rows`` (``N x d``), float64, descending, cheaper route.
 
-    Example:
+    Examples:
         >>> covariance_eigenvalues(torch.randn(500, 3)).shape
         torch.Size([3])
     """
@@ -251,7 +251,7 @@ class SpectrumSummary:
     values of the embedding matrix. ``participation_ratio`` is ``(sum lambda)^2 / sum(lambda^2)``.
     Both are 0 for a spectrum with no variance.
 
-    Example:
+    Examples:
         >>> s = summarize_spectrum(torch.tensor([1.0, 1.0, 0.0]))
         >>> round(s.effective_rank, 6), round(s.participation_ratio, 6), s.trace
         (2.0, 2.0, 2.0)
@@ -265,7 +265,7 @@ class SpectrumSummary:
 def summarize_spectrum(eigenvalues: Tensor) -> SpectrumSummary:
     """Trace, effective rank and participation ratio of a full set of eigenvalues.
 
-    Example:
+    Examples:
         >>> summarize_spectrum(torch.ones(4)).effective_rank
         4.0
     """
@@ -371,7 +371,7 @@ class CovarianceMoments(_WindowAccumulator):
     Sum-reducible across DDP ranks provided every rank uses the same ``shift`` (the monitor sets it
     from the all-reduced mean of the window's first batch). Memory: ``d x d`` float64.
 
-    Example:
+    Examples:
         >>> acc = CovarianceMoments(dim=3, shift=torch.zeros(3, dtype=torch.float64))
         >>> acc.update(torch.randn(50, 3)); acc.update(torch.randn(50, 3))
         >>> eigenvalues, samples, skipped = acc.compute()
@@ -422,7 +422,7 @@ class CovarianceRows(_WindowAccumulator):
     made at construction; rows past ``capacity`` are dropped. Normalisation, centring and the Gram
     products are float64. Under DDP every rank's buffer is gathered (rows it did not fill have weight 0).
 
-    Example:
+    Examples:
         >>> acc = CovarianceRows(dim=64, capacity=32)
         >>> acc.update(torch.randn(10, 64)); acc.update(torch.randn(10, 64))
         >>> eigenvalues, samples, skipped = acc.compute()
@@ -483,7 +483,7 @@ class CrossCorrelationSums(_WindowAccumulator):
     ``C`` and the simplified Barlow Twins loss. Eigenvalues may be negative (views anti-correlated along
     a direction). Sum-reducible across DDP ranks. Memory: ``d x d`` float64.
 
-    Example:
+    Examples:
         >>> z = torch.randn(100, 3, dtype=torch.float64)
         >>> acc = CrossCorrelationSums(dim=3); acc.update(torch.cat([z, z]))
         >>> eigenvalues, pairs, _ = acc.compute()
@@ -522,7 +522,7 @@ def accumulator_from_state(
 ) -> CovarianceMoments | CovarianceRows | CrossCorrelationSums:
     """Rebuild an accumulator from its :meth:`state_dict` (e.g. from a checkpoint), on ``device``.
 
-    Example:
+    Examples:
         >>> acc = CovarianceRows(dim=4, capacity=8); acc.update(torch.randn(3, 4))
         >>> again = accumulator_from_state(acc.state_dict())
         >>> torch.equal(again.compute()[0], acc.compute()[0])

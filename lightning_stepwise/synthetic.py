@@ -27,7 +27,7 @@ class SyntheticRun:
         plateaus: plateau of each of those modes, in the same order.
         interval: mean spacing of ``steps``.
 
-    Example:
+    Examples:
         >>> run = stepwise_trajectories(8, rows=60, seed=0)
         >>> len(run.onset_steps) == len(run.plateaus) == len(run.rise_end_steps)
         True
@@ -66,7 +66,7 @@ def stepwise_trajectories(
     the first 3 % of the run (partial collapse at initialisation). Every value gets multiplicative
     log-normal noise of relative size ``noise``; rows are then sorted, as a monitor records them.
 
-    Example:
+    Examples:
         >>> run = stepwise_trajectories(16, rows=100, seed=1)
         >>> run.eigenvalues.shape, bool(np.all(np.diff(run.eigenvalues, axis=1) <= 0))
         ((100, 16), True)

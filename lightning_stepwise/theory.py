@@ -59,7 +59,7 @@ def _as_array(values: ArrayLike | torch.Tensor, name: str) -> np.ndarray:
 def feature_cross_correlation(x0: ArrayLike | torch.Tensor, x1: ArrayLike | torch.Tensor) -> np.ndarray:
     """``Γ = (x0ᵀ x1 + x1ᵀ x0) / 2n`` for two views given as ``n × m`` matrices (arrays or tensors).
 
-    Example:
+    Examples:
         >>> x0 = np.array([[1.0, 0.0], [0.0, 2.0]]); x1 = np.array([[1.0, 0.0], [0.0, 1.0]])
         >>> feature_cross_correlation(x0, x1).tolist()
         [[0.5, 0.0], [0.0, 1.0]]
@@ -77,7 +77,7 @@ def simplified_barlow_twins_loss(z0: torch.Tensor, z1: torch.Tensor) -> torch.Te
 
     No centring, no per-dimension standardisation, off-diagonal weight 1: the loss the theory solves.
 
-    Example:
+    Examples:
         >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
         >>> float(simplified_barlow_twins_loss(z, z))     # C = zᵀz / n = 2 I: (2 - 1)² twice
         2.0
@@ -101,7 +101,7 @@ class LinearSSLTheory:
         kernel_basis: for a kernel theory, ``K^{+1/2} u_j`` for the eigenvectors ``u_j`` of
             ``K^{1/2} Z K^{1/2}`` (``2n × r``): maps the initial outputs ``F0`` to the modes (QR route).
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> x0 = rng.standard_normal((200, 6)) * np.arange(6, 0, -1); x1 = x0 + 0.1 * rng.standard_normal((200, 6))
         >>> th = LinearSSLTheory.from_views(x0, x1)
@@ -320,7 +320,7 @@ class TheoryPrediction:
     eigenvalues, and :meth:`onset_steps` in learning order, so that row ``j`` of an onset table
     (the ``j+1``-th mode learned) is compared with the ``j+1``-th predicted step.
 
-    Example:
+    Examples:
         >>> th = LinearSSLTheory(np.array([2.0, 1.0, 0.5]))
         >>> prediction = th.predict(lr=0.01, d=2, init_scale=1e-3)
         >>> prediction.annotate([{"mode": 0, "onset_step": 110.0}])[0]["predicted_onset_step"] > 0
@@ -400,7 +400,7 @@ def empirical_ntk(
     Returns:
         ``N × N`` float64 tensor on the inputs' device.
 
-    Example:
+    Examples:
         >>> lin = torch.nn.Linear(3, 2, bias=False)
         >>> x = torch.randn(4, 3)
         >>> torch.allclose(empirical_ntk(lin, x), (x @ x.T).double(), atol=1e-5)   # linear: K = x·x'

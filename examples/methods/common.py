@@ -1,0 +1,172 @@
+"""What the method examples share: arguments, data, backbones, the small-initialisation switch, a summary.
+
+Each method example defines its module as Lightly's examples write it and builds its own Trainer with
+``StepwiseMonitor()`` and ``LinearProbe(...)``; everything else lives here so the examples stay short.
+
+Data: ``digits`` (default) is scikit-learn's embedded handwritten digits, offline, as small RGB
+images; ``cifar10`` and ``stl10`` are torchvision downloads that happen only with ``--download``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_stepwise import LinearProbe, StepwiseMonitor, format_onset_table
+
+IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+DEFAULT_INPUT_SIZE = {"digits": 32, "cifar10": 32, "stl10": 96}
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags every method example takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", choices=["digits", "cifar10", "stl10"], default="digits",
+                        help="digits: embedded, offline (default); cifar10 / stl10: torchvision datasets")
+    parser.add_argument("--data-root", default="data", help="where cifar10 / stl10 live or are downloaded to")
+    parser.add_argument("--download", action="store_true", help="allow downloading cifar10 / stl10")
+    parser.add_argument("--backbone", choices=["resnet18", "tiny"], default="resnet18",
+                        help="tiny: a 3-layer conv net (CPU smoke runs)")
+    parser.add_argument("--small-init", type=float, default=1.0, metavar="FACTOR",
+                        help="multiply every initial conv / linear weight by FACTOR (the paper's small-init setting)")
+    parser.add_argument("--input-size", type=int, default=None, help="image side (default 32, 96 for stl10)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-epochs", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: epochs decide)")
+    parser.add_argument("--devices", default="1", help="as Trainer(devices=...): 1, 2, 'auto', ...")
+    parser.add_argument("--precision", default="32-true", help="as Trainer(precision=...), e.g. bf16-mixed")
+    parser.add_argument("--num-workers", type=int, default=None, help="dataloader workers (default 0 for digits)")
+    parser.add_argument("--output", default="stepwise-runs", help="the Trainer's default_root_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.input_size = args.input_size or DEFAULT_INPUT_SIZE[args.data]
+    if args.num_workers is None:
+        args.num_workers = 0 if args.data == "digits" else min(8, os.cpu_count() or 1)
+    args.devices = int(args.devices) if args.devices.isdigit() else args.devices
+    return args
+
+
+def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Trainer arguments from the flags (callbacks are the example's own)."""
+    return {"max_epochs": args.max_epochs, "max_steps": args.max_steps, "devices": args.devices,
+            "accelerator": "auto", "precision": args.precision, "default_root_dir": args.output,
+            "log_every_n_steps": 10}
+
+
+# ---------------------------------------------------------------------- backbones
+
+
+def backbone(name: str) -> tuple[nn.Module, int]:
+    """(backbone, feature width): torchvision's ResNet-18 without its classifier, or a tiny conv net."""
+    if name == "resnet18":
+        resnet = torchvision.models.resnet18()
+        return nn.Sequential(*list(resnet.children())[:-1]), 512
+    width = 8
+
+    def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    tiny = nn.Sequential(*block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 4 * width, 2),
+                         nn.AdaptiveAvgPool2d(1))
+    return tiny, 4 * width
+
+
+def small_init(module: nn.Module, factor: float) -> nn.Module:
+    """Multiply every conv and linear weight by ``factor`` (momentum copies too, so they stay equal)."""
+    if factor != 1.0:
+        with torch.no_grad():
+            for layer in module.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    layer.weight.mul_(factor)
+    return module
+
+
+# ---------------------------------------------------------------------- data
+
+
+class DigitsImages(Dataset):
+    """The embedded digits as ``size x size`` RGB PIL images with labels (indices ``indices`` only)."""
+
+    def __init__(self, size: int, transform: Callable[[Image.Image], Any] | None = None,
+                 indices: Sequence[int] | None = None) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        pixels = (digits.images * (255.0 / 16.0)).astype(np.uint8)
+        keep = range(len(pixels)) if indices is None else indices
+        self.images = [Image.fromarray(pixels[i]).resize((size, size), Image.BILINEAR).convert("RGB") for i in keep]
+        self.labels = [int(digits.target[i]) for i in keep]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+def _torchvision_dataset(args: argparse.Namespace, split: str, transform: Callable[..., Any]) -> Dataset:
+    root = Path(args.data_root)
+    try:
+        if args.data == "cifar10":
+            return torchvision.datasets.CIFAR10(root, train=split != "test", transform=transform,
+                                                download=args.download)
+        stl_split = {"ssl": "train+unlabeled", "train": "train", "test": "test"}[split]
+        return torchvision.datasets.STL10(root, split=stl_split, transform=transform, download=args.download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise SystemExit(f"{args.data} is not in {root.resolve()} ({err}). Pass --download to fetch it (network "
+                         "needed), or --data-root to point at a copy, or use --data digits (offline).") from None
+
+
+def ssl_loader(args: argparse.Namespace, transform: Callable[[Image.Image], Any]) -> DataLoader:
+    """Training batches ``(views, labels)``: ``transform`` (a Lightly multi-view transform) per image."""
+    dataset = (DigitsImages(args.input_size, transform) if args.data == "digits"
+               else _torchvision_dataset(args, "ssl", transform))
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                      num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+                      generator=torch.Generator().manual_seed(args.seed))
+
+
+def probe_loaders(args: argparse.Namespace) -> tuple[DataLoader, DataLoader]:
+    """Labelled, un-augmented train / validation loaders for ``LinearProbe`` (digits: a fixed 70/30 split)."""
+    plain = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(args.input_size),
+        torchvision.transforms.CenterCrop(args.input_size),
+        torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize(**IMAGENET_NORMALIZE),
+    ])
+    if args.data == "digits":
+        order = torch.randperm(1797, generator=torch.Generator().manual_seed(0)).tolist()
+        train = DigitsImages(args.input_size, plain, order[:1258])
+        val = DigitsImages(args.input_size, plain, order[1258:])
+    else:
+        train, val = _torchvision_dataset(args, "train", plain), _torchvision_dataset(args, "test", plain)
+    return (DataLoader(train, batch_size=512, num_workers=args.num_workers),
+            DataLoader(val, batch_size=512, num_workers=args.num_workers))
+
+
+# ---------------------------------------------------------------------- report
+
+
+def summarize(trainer: Any, monitor: StepwiseMonitor, probe: LinearProbe) -> None:
+    """Print what the monitor tracked, the learned modes, the probe's accuracy and where the files are."""
+    if not trainer.is_global_zero:
+        return
+    print()
+    print(f"{monitor.modes_learned} modes learned; the monitor tracked "
+          f"{', '.join(point.describe() for point in monitor.tracking_points)}.")
+    print(format_onset_table(monitor.onsets))
+    if probe.results:
+        print(f"linear probe of the backbone: top-1 {probe.results[-1]['top1']:.1%} on the validation split")
+    print(f"files: {monitor.output_dir}")

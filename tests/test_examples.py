@@ -1,0 +1,77 @@
+"""Every Lightly method example trains a few steps on the embedded digits (tiny backbone, CPU) and the
+monitor finds the embeddings the example says it does, with the files and the probe to show for it."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_stepwise import LinearProbe, StepwiseMonitor, load_spectrum
+
+METHODS = Path(__file__).resolve().parents[1] / "examples" / "methods"
+# example -> (tracking point, source, L2-normalised by the loss)
+EXPECTED = {
+    "barlow_twins": ("criterion", "loss_inputs", False),
+    "simclr": ("criterion", "loss_inputs", True),
+    "vicreg": ("criterion", "loss_inputs", False),
+    "byol": ("projection_head", "module_output", False),
+    "moco_v2": ("projection_head", "module_output", False),
+    "dino": ("student_head", "module_output", False),
+    "benchmark_barlow_twins": ("criterion", "loss_inputs", False),
+}
+SMOKE = ["--backbone", "tiny", "--input-size", "16", "--batch-size", "32", "--max-steps", "3"]
+
+
+def load_example(name: str):
+    sys.path.insert(0, str(METHODS))  # the examples import their shared `common` module by name
+    spec = importlib.util.spec_from_file_location(f"example_{name}", METHODS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def callback(trainer, kind):
+    return next(cb for cb in trainer.callbacks if isinstance(cb, kind))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_method_example_trains_and_writes_its_files(name, tmp_path, capsys):
+    trainer = load_example(name).main([*SMOKE, "--output", str(tmp_path)])
+    monitor, probe = callback(trainer, StepwiseMonitor), callback(trainer, LinearProbe)
+    point, source, normalized = EXPECTED[name]
+    [tracked] = monitor.tracking_points
+    assert (tracked.name, tracked.source, tracked.loss_normalizes) == (point, source, normalized)
+    files = {p.name for p in monitor.output_dir.iterdir()}
+    assert {"spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png", "probe.csv"} <= files
+    spectrum = load_spectrum(monitor.output_dir)
+    assert list(spectrum["step"]) == [0] and np.isfinite(spectrum["eigenvalues"]).all()
+    assert spectrum["eigenvalues"].shape[1] > 8  # the projector's spectrum, not a scalar
+    assert probe.results[-1]["top1"] > 0.3  # ten classes: chance is 0.1
+    out = capsys.readouterr().out
+    assert f"the monitor tracked {tracked.describe()}" in out and "linear probe of the backbone" in out
+
+
+def test_small_init_scales_every_weight_and_keeps_momentum_copies_equal(tmp_path):
+    example = load_example("byol")
+    common = sys.modules["common"]
+    torch.manual_seed(0)
+    plain = example.BYOL(*common.backbone("tiny"))
+    torch.manual_seed(0)
+    scaled = common.small_init(example.BYOL(*common.backbone("tiny")), 0.1)
+    for (name, a), (_, b) in zip(plain.named_parameters(), scaled.named_parameters(), strict=True):
+        factor = 0.1 if name.endswith("weight") and a.ndim > 1 else 1.0
+        torch.testing.assert_close(b, a * factor, msg=name)
+    for a, b in zip(scaled.backbone.parameters(), scaled.backbone_momentum.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("data", ["cifar10", "stl10"])
+def test_downloads_happen_only_behind_the_flag(data, tmp_path):
+    example = load_example("simclr")
+    root = tmp_path / "data"
+    with pytest.raises(SystemExit, match=f"{data} is not in .*Pass --download"):
+        example.main([*SMOKE, "--data", data, "--data-root", str(root), "--output", str(tmp_path / "run")])
+    assert not root.exists() or not any(root.iterdir())  # nothing was fetched: no network in tests
