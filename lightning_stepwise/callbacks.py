@@ -319,6 +319,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
         self._pending: _Pending | None = None
         self._solver: ThreadPoolExecutor | None = None
         self._trainer: Any = None
+        self._progress: dict[str, float] = {}
+        self._progress_epoch = -1
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks: a thread pool, a future and the trainer do not travel.
@@ -441,6 +443,8 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             self._last_opened_step = step
             self._window = _Window(step=step, epoch=trainer.current_epoch, time=self._time,
                                    lr=self._lr)
+        if self._progress and trainer.current_epoch != self._progress_epoch:
+            self._log_progress(trainer, pl_module)  # Lightning clears the bar's values at each new epoch
         if self._window is None:
             return
         for p in self._points:
@@ -691,14 +695,20 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
             logged[f"{prefix}/trace"] = summary.trace
             for k in range(min(self.log_top_k, len(top))):
                 logged[f"{prefix}/eigenvalue_{k:03d}"] = float(top[k])
-            if i == 0 and self.prog_bar and in_step and pl_module is not None:
-                # Host tensors: logging a float would copy it to the device, a synchronisation.
-                for key, value in (("erank", summary.effective_rank), ("modes", float(len(p.onsets)))):
-                    pl_module.log(f"{self.name}/{key}", torch.tensor(value), prog_bar=True, logger=False,
-                                  on_step=True, on_epoch=False, batch_size=1)
+            if i == 0 and self.prog_bar:
+                self._progress = {"erank": summary.effective_rank, "modes": float(len(p.onsets))}
+                if in_step and pl_module is not None:
+                    self._log_progress(trainer, pl_module)
         if logged and trainer is not None:
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=window.step)
+
+    def _log_progress(self, trainer: Any, pl_module: Any) -> None:
+        # Host tensors: logging a float would copy it to the device, a synchronisation.
+        for key, value in self._progress.items():
+            pl_module.log(f"{self.name}/{key}", torch.tensor(value), prog_bar=True, logger=False, on_step=True,
+                          on_epoch=False, batch_size=1)
+        self._progress_epoch = trainer.current_epoch
 
     def _update_onsets(self, trainer: Any, p: _Point, announce: bool) -> None:
         """Add the modes whose rise is now confirmed; print a line for each (rank zero)."""

@@ -417,3 +417,20 @@ def test_a_failing_eigensolve_warns_once_and_training_goes_on(monkeypatch):
     with pytest.raises(torch.linalg.LinAlgError):
         trainer(max_steps=8, callbacks=[StepwiseMonitor(every_n_steps=2, window=32, strict=True)]).fit(
             make_ssl_module(), pair_loader())
+
+
+def test_progress_bar_keeps_the_last_measurement_through_later_epochs():
+    pl = pl_namespace("lightning.pytorch")
+    bars: dict[int, dict[str, float]] = {}
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            bars[trainer.global_step] = dict(trainer.progress_bar_metrics)
+
+    # 4 batches an epoch, a spectrum every 6 steps: the one of step 0 is recorded at step 6 (epoch 1)
+    monitor = StepwiseMonitor(every_n_steps=6, window=32)
+    trainer(max_steps=16, callbacks=[monitor, Watch()], enable_progress_bar=True).fit(make_ssl_module(),
+                                                                                     pair_loader())
+    assert "stepwise/erank" not in bars[6]  # step 6's batch end: still nothing recorded before this step
+    for step in (7, 8, 9, 12, 16):  # after it, in the same epoch and in the next ones (epoch 2 starts at 8)
+        assert bars[step]["stepwise/erank"] > 0 and "stepwise/modes" in bars[step], step
