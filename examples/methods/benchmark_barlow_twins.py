@@ -16,10 +16,9 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from common import backbone, parse_args, probe_loaders, small_init, ssl_loader, summarize, trainer_options
+from common import backbone, byol_views, parse_args, probe_loaders, small_init, ssl_loader, summarize, trainer_options
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
-from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 from lightly.utils.benchmarking import OnlineLinearClassifier
 from torch import nn
 
@@ -59,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
     model = small_init(BarlowTwins(*backbone(args.backbone)), args.small_init)
-    transform = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=args.input_size, gaussian_blur=0.0),
-                              view_2_transform=BYOLView2Transform(input_size=args.input_size, gaussian_blur=0.0))
+    transform = byol_views(args.input_size)
     monitor, probe = StepwiseMonitor(), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, transform))

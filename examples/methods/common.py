@@ -94,6 +94,14 @@ def small_init(module: nn.Module, factor: float) -> nn.Module:
 # ---------------------------------------------------------------------- data
 
 
+def byol_views(input_size: int) -> Any:
+    """BYOL's two asymmetric views, as Lightly's BYOL and Barlow Twins examples use (no blur at small sizes)."""
+    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+
+    return BYOLTransform(view_1_transform=BYOLView1Transform(input_size=input_size, gaussian_blur=0.0),
+                         view_2_transform=BYOLView2Transform(input_size=input_size, gaussian_blur=0.0))
+
+
 class DigitsImages(Dataset):
     """The embedded digits as ``size x size`` RGB PIL images with labels (indices ``indices`` only)."""
 
