@@ -197,10 +197,12 @@ class StepwiseMonitor(*_CALLBACK_BASES):  # type: ignore[misc]
 
     Works with an unchanged Lightly or plain Lightning SSL module, under ``lightning.pytorch`` and
     ``pytorch_lightning`` Trainers. Every ``every_n_steps`` optimizer steps a measurement window opens;
-    the embeddings of the following training batches are accumulated (float64) until ``window``
-    samples are in (all ranks together), then the eigenvalues of their covariance are recorded,
-    logged and kept in :attr:`history`. At fit end ``spectrum.npz`` and ``spectrum.csv`` are written
-    to ``dirpath`` (default ``<trainer.log_dir>/stepwise``).
+    the embeddings of the following training batches are accumulated on their device until ``window``
+    samples are in (all ranks together). The eigenvalues of their covariance (float64) are then solved
+    in a worker thread, without the training loop waiting for the GPU, and recorded in ``history``,
+    the loggers and the progress bar when the next window opens. At fit end ``spectrum.npz``,
+    ``spectrum.csv``, the onset tables and ``stepwise.png`` are written to ``dirpath`` (default
+    ``<trainer.log_dir>/stepwise``).
 
     Args:
         module: dotted path of the submodule to track (its output, or its inputs when it is a
