@@ -15,7 +15,7 @@ over 64 random directions, on a floor) goes through what the monitor does:
 
 and the accuracy against the float64 reference (``eigvalsh`` of the ``d x d`` float64 covariance of the
 same rows on the CPU): the largest relative error over the top 64 eigenvalues that are above 1e-6 of the
-largest (issue 6's goal is <= 1e-6), beside the same number for a float32 Gram matrix. Memory: the
+largest (the target is <= 1e-6), beside the same number for a float32 Gram matrix. Memory: the
 monitor's state for the window and its extra peak while forming the problem (CUDA only).
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_stepwise.spectrum import CovarianceRows
+from lightning_stepwise.accumulators import CovarianceRows
 
 
 def window_rows(n: int, d: int, device: str, top: int = 64, smallest: float = 1e-8, seed: int = 0) -> torch.Tensor:

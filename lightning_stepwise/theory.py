@@ -1,7 +1,7 @@
 """Closed-form dynamics of a linear (or kernel) model trained with the simplified Barlow Twins loss.
 
 The model is ``f(x) = W x`` with ``W`` of shape ``d × m``, trained by gradient descent on pairs of views
-``(x_i, x'_i)``, ``i = 1..n`` (Simon et al., ICML 2023; DESIGN.md §1). Conventions:
+``(x_i, x'_i)``, ``i = 1..n`` (Simon et al., ICML 2023). Conventions:
 
 - ``Γ = (1/2n) Σ_i (x_i x'_iᵀ + x'_i x_iᵀ) = Σ_k γ_k v_k v_kᵀ``, ``γ_1 ≥ γ_2 ≥ ...``: the symmetrised
   cross-correlation of the features. Only modes with ``γ_k > 0`` can be learned.
