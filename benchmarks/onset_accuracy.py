@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from lightning_stepwise.onsets import closest_pairs, detect_onsets
+from lightning_stepwise.loss_steps import closest_pairs
+from lightning_stepwise.onsets import detect_onsets
 from lightning_stepwise.synthetic import stepwise_trajectories
 
 
