@@ -2,9 +2,17 @@
 
 Auto-detection order (the first that exists wins):
 
-1. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
-2. the output of a submodule named ``projection_head``;
-3. the output of a submodule named ``backbone`` (flattened).
+1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``): the inputs of
+   the prototype layer (the embeddings the loss compares with the prototypes, not the scores);
+2. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
+3. the output of a submodule named ``projection_head``;
+4. the output of a submodule named ``backbone`` (flattened).
+
+Of the inputs of a loss (or prototype layer) only the *online* ones are measured: the tensors gradient
+flows back through. A momentum or teacher branch, a stop-gradient copy (``z.detach()``), a memory-bank
+sample or a parameter passed to the loss (a prototype matrix) is left out, so the covariance is that of
+one network's embeddings, not a mixture of two branches. ``EmbeddingTap.left_out`` counts what was left
+out, and why.
 
 Hooks only copy detached tensors while a measurement window is open; they never change inputs or
 outputs, so no gradient flows through the capture and training is unchanged.
@@ -12,12 +20,16 @@ outputs, so no gradient flows through the capture and training is unchanged.
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from lightning_stepwise.problems import StepwiseWarning
 
 __all__ = [
     "EmbeddingTap",
@@ -27,10 +39,11 @@ __all__ = [
     "flatten_tensors",
     "is_lightly_loss",
     "loss_normalizes_inputs",
+    "online_tensors",
     "to_embedding_rows",
 ]
 
-Source = Literal["loss_inputs", "module_output", "embedding_fn"]
+Source = Literal["loss_inputs", "module_inputs", "module_output", "embedding_fn"]
 
 # Lightly losses that L2-normalise their inputs before comparing them (checked along the MRO, so
 # subclasses such as DirectCLRLoss(NTXentLoss) count too).
@@ -88,7 +101,9 @@ class TrackingPoint:
     """One place where embeddings are captured.
 
     ``name`` is the dotted module path (``"criterion"``, ``"model.projection_head"``) or
-    ``"embedding_fn"``.
+    ``"embedding_fn"``. ``source`` says what is captured there: the online inputs of a loss
+    (``"loss_inputs"``) or of another module (``"module_inputs"``, a prototype layer), a module's output
+    (``"module_output"``), or what ``embedding_fn`` returns.
 
     Examples:
         >>> point = TrackingPoint("projection_head", "module_output", torch.nn.Identity())
@@ -110,8 +125,8 @@ class TrackingPoint:
         if self.source == "embedding_fn":
             return "the tensor returned by `embedding_fn`"
         kind = type(self.module).__name__
-        if self.source == "loss_inputs":
-            return f"the inputs of `{self.name}` ({kind})"
+        if self.source in ("loss_inputs", "module_inputs"):
+            return f"the online inputs of `{self.name}` ({kind})"
         return f"the output of `{self.name}` ({kind})"
 
 
@@ -147,6 +162,10 @@ def _resolve_path(pl_module: nn.Module, path: str) -> TrackingPoint:
     return TrackingPoint(path, source, module)
 
 
+def _is_prototype_layer(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("lightly.") and type(module).__name__.endswith("Prototypes")
+
+
 def _first_named(pl_module: nn.Module, predicate: Callable[[str, nn.Module], bool]) -> tuple[str, nn.Module] | None:
     # Shallowest match first, so `projection_head` beats `model.projection_head`.
     matches = [(name, m) for name, m in pl_module.named_modules() if name and predicate(name, m)]
@@ -167,7 +186,7 @@ def find_tracking_points(
         >>> net.projection_head = torch.nn.Linear(4, 2)
         >>> net.criterion = BarlowTwinsLoss()
         >>> [p.describe() for p in find_tracking_points(net)]
-        ['the inputs of `criterion` (BarlowTwinsLoss)']
+        ['the online inputs of `criterion` (BarlowTwinsLoss)']
         >>> [p.name for p in find_tracking_points(net, module=["projection_head", "criterion"])]
         ['projection_head', 'criterion']
     """
@@ -184,8 +203,17 @@ def find_tracking_points(
         parent = name.rpartition(".")[0]
         return not (parent and is_lightly_loss(pl_module.get_submodule(parent)))
 
+    losses = [(name, m) for name, m in pl_module.named_modules() if name and is_outer_loss(name, m)]
     found = _first_named(pl_module, is_outer_loss)
     if found is not None:
+        if len(losses) > 1:
+            warnings.warn(
+                f"StepwiseMonitor found {len(losses)} Lightly losses ({', '.join(f'`{n}`' for n, _ in losses)}) and "
+                f"measures the inputs of `{found[0]}`; pass StepwiseMonitor(module=\"<name>\") to choose, or a list "
+                "of names to measure several", StepwiseWarning, stacklevel=2)
+        prototypes = _first_named(pl_module, lambda _name, m: _is_prototype_layer(m))
+        if prototypes is not None:  # the loss compares prototype scores: measure what is scored
+            return [TrackingPoint(prototypes[0], "module_inputs", prototypes[1])]
         return [TrackingPoint(found[0], "loss_inputs", found[1])]
     for wanted in _AUTO_MODULE_NAMES:
         found = _first_named(pl_module, lambda name, _m, wanted=wanted: name.rpartition(".")[2] == wanted)
@@ -212,6 +240,38 @@ def flatten_tensors(obj: Any) -> list[Tensor]:
     if isinstance(obj, (tuple, list)):
         return [t for v in obj for t in flatten_tensors(v)]
     return []
+
+
+def online_tensors(tensors: Iterable[Tensor], left_out: Counter[str] | None = None) -> list[Tensor]:
+    """The candidate embeddings among ``tensors`` that gradient flows back through (the online branch).
+
+    Candidates are floating tensors of 2 or more dimensions. Left out, and counted in ``left_out`` by
+    reason: ``"no_gradient"`` (a momentum or teacher branch, a stop-gradient copy, a memory-bank sample),
+    ``"parameter"`` (a leaf that requires grad, e.g. a prototype matrix passed to the loss). With
+    gradients disabled (``torch.no_grad``) nothing can be told apart and every non-parameter candidate is kept.
+
+    Examples:
+        >>> w = torch.nn.Parameter(torch.ones(2, 3))
+        >>> online, target = torch.ones(4, 2) @ w, torch.ones(4, 3)
+        >>> left_out = Counter()
+        >>> [tuple(t.shape) for t in online_tensors([online, target, w], left_out)], dict(left_out)
+        ([(4, 3)], {'no_gradient': 1, 'parameter': 1})
+    """
+    kept = []
+    grad_enabled = torch.is_grad_enabled()
+    for t in tensors:
+        if not torch.is_floating_point(t) or t.ndim < 2:
+            continue
+        reason = None
+        if t.requires_grad and t.grad_fn is None:
+            reason = "parameter"
+        elif grad_enabled and not t.requires_grad:
+            reason = "no_gradient"
+        if reason is None:
+            kept.append(t)
+        elif left_out is not None:
+            left_out[reason] += 1
+    return kept
 
 
 def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tuple[str, str]]]:
@@ -261,6 +321,12 @@ def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tu
     return (kept[0] if len(kept) == 1 else torch.cat(kept)), problems
 
 
+_LEFT_OUT_REASONS = {
+    "no_gradient": "without gradient (a momentum or teacher branch, a stop-gradient copy or a memory-bank sample)",
+    "parameter": "parameter(s)",
+}
+
+
 class EmbeddingTap:
     """A forward hook on one tracking point that copies embeddings while ``active``.
 
@@ -280,6 +346,10 @@ class EmbeddingTap:
     def __init__(self, point: TrackingPoint) -> None:
         self.point = point
         self.active = False
+        #: Inputs left out as not online, by reason (see :func:`online_tensors`), since attached.
+        self.left_out: Counter[str] = Counter()
+        #: Candidate tensors kept since attached.
+        self.kept = 0
         self._captured: list[Tensor] = []
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
@@ -288,7 +358,7 @@ class EmbeddingTap:
         module = self.point.module
         if module is None or self._handle is not None:
             return self
-        if self.point.source == "loss_inputs":
+        if self.point.source in ("loss_inputs", "module_inputs"):
             self._handle = module.register_forward_pre_hook(self._on_loss_inputs, with_kwargs=True)
         else:
             self._handle = module.register_forward_hook(self._on_module_output)
@@ -310,9 +380,18 @@ class EmbeddingTap:
         captured, self._captured = self._captured, []
         return captured
 
+    def left_out_note(self) -> str | None:
+        """One line saying which loss inputs were left out as not online, or None when none were."""
+        if not self.left_out:
+            return None
+        reasons = ", ".join(f"{n} {_LEFT_OUT_REASONS[why]}" for why, n in sorted(self.left_out.items()))
+        return f"measuring {self.kept} online input tensor(s) of `{self.point.name}`; left out {reasons}."
+
     def _on_loss_inputs(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.active:
-            self.add(flatten_tensors((args, kwargs)))
+            online = online_tensors(flatten_tensors((args, kwargs)), self.left_out)
+            self.kept += len(online)
+            self.add(online)
 
     def _on_module_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         if self.active:

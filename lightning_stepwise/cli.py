@@ -29,16 +29,28 @@ def _report(args: argparse.Namespace) -> int:
     if not run.exists():
         print(f"lightning-stepwise report: {run} does not exist", file=sys.stderr)
         return 2
+    from lightning_stepwise.onsets import ONSET_OPTIONS
+
+    options = {name: getattr(args, name) for name in ONSET_OPTIONS}
     try:
-        reports = report_run(run, output=args.output, x=args.x, min_rise=args.min_rise, smoothing=args.smoothing,
-                             plateau_rows=args.plateau_rows, min_relative_plateau=args.min_relative_plateau)
+        reports = report_run(run, output=args.output, x=args.x, **options)
     except (FileNotFoundError, ValueError) as err:
         print(f"lightning-stepwise report: {err}", file=sys.stderr)
         return 2
     for r in reports:
         print(f"{r.spectrum_path}: {len(r.onsets)} modes learned, {len(r.loss_drops)} loss drops")
+        if r.note:
+            print(r.note)
         print(format_onset_table(r.onsets))
-        print(f"wrote {r.onsets_csv}, {r.onsets_json.name}, {r.figure.name}\n")
+        problems = r.spectrum_path.parent / "problems.json"
+        if problems.exists():
+            import json
+
+            counts = {k: v for k, v in json.loads(problems.read_text()).items() if v}
+            if counts:
+                print("skipped during the run: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        figure = f", {r.figure.name}" if r.figure is not None else ""
+        print(f"wrote {r.onsets_csv}, {r.onsets_json.name}{figure}\n")
     return 0
 
 
@@ -135,11 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--output", default=None, help="folder for the files (default: next to each spectrum)")
     report.add_argument("--x", choices=["step", "time"], default="step",
                         help="x axis of the figure: optimizer step or effective time (sum of learning rates)")
-    report.add_argument("--min-rise", type=float, default=10.0, help="rise factor above the floor to count a mode")
-    report.add_argument("--min-relative-plateau", type=float, default=0.01,
-                        help="smallest plateau of a learned mode, as a fraction of the largest eigenvalue then")
-    report.add_argument("--smoothing", type=int, default=7, help="rows of the running median (odd)")
-    report.add_argument("--plateau-rows", type=int, default=5, help="rows that must confirm a plateau")
+    from lightning_stepwise.onsets import ONSET_OPTIONS
+
+    for name, (default, meaning) in ONSET_OPTIONS.items():
+        report.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{meaning} (default {default})")
     report.set_defaults(run=_report)
     probe = commands.add_parser("probe", help="linear probe of a checkpoint's backbone features on a labelled dataset")
     probe.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")

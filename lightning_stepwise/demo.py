@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_stepwise.callbacks import LinearProbe, StepwiseMonitor
 from lightning_stepwise.data import digits_dataloader, digits_probe_loaders
+from lightning_stepwise.linear_probe import LinearProbe
+from lightning_stepwise.monitor import StepwiseMonitor
 from lightning_stepwise.probe import format_probe_table
 from lightning_stepwise.report import format_onset_table
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["all_gather_cat", "all_reduce_sum", "distributed_world_size"]
+__all__ = ["all_gather_cat", "all_reduce_sum", "distributed_rank", "distributed_world_size"]
 
 
 def distributed_world_size() -> int:
@@ -25,6 +25,18 @@ def distributed_world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
+
+
+def distributed_rank() -> int:
+    """The rank of this process in the default process group (0 when none is initialised).
+
+    Examples:
+        >>> distributed_rank()
+        0
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -172,7 +172,7 @@ def run_linear_theory_experiment(
     """
     import warnings
 
-    from lightning_stepwise.callbacks import StepwiseMonitor
+    from lightning_stepwise.monitor import StepwiseMonitor
     from lightning_stepwise.theory import LinearSSLTheory
 
     x0, x1 = digits_view_pairs(n, seed=seed)

@@ -1,6 +1,6 @@
-"""Step onsets: when each mode of an eigenvalue trajectory was learned, and the drops of the loss.
+"""Step onsets: when each mode of an eigenvalue trajectory was learned.
 
-Pure functions on arrays, no Lightning. The definitions follow the linear theory (DESIGN.md §1):
+Pure functions on arrays, no Lightning. The definitions follow the linear theory (see the theory page):
 a mode's *onset* is when its eigenvalue reaches half its plateau **in linear scale** (λ = ½ for a
 plateau of 1); its rise starts at 10 % and ends at 90 % of the plateau. A log-scale midpoint would
 land in the long exponential creep that precedes the turn into the plateau, far too early.
@@ -33,24 +33,21 @@ enters at its rank and pushes the others down.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from lightning_stepwise.trajectory import keep_finite_rows, level_crossing, optional_column, running_median, steps_array
+
 __all__ = [
     "DEFAULT_ONSET_OPTIONS",
-    "LOSS_DROP_COLUMNS",
     "ONSET_COLUMNS",
-    "OnsetInputWarning",
+    "ONSET_OPTIONS",
     "OnsetTracker",
     "check_onset_options",
-    "closest_pairs",
-    "detect_loss_steps",
     "detect_onsets",
-    "match_loss_drops",
 ]
 
 #: Columns of an onset record, in table order. ``NaN`` marks a value that was not available.
@@ -71,96 +68,7 @@ ONSET_COLUMNS: tuple[str, ...] = (
     "relative_error",
 )
 
-#: Columns of a loss-drop record.
-LOSS_DROP_COLUMNS: tuple[str, ...] = ("drop_step", "drop_start_step", "drop_end_step", "loss_before",
-                                      "loss_after", "drop")
-
 _TINY = np.finfo(np.float64).tiny
-
-
-class OnsetInputWarning(UserWarning):
-    """Rows dropped from an onset or loss-drop detection because they held NaN or infinite values.
-
-    Examples:
-        >>> import warnings
-        >>> warnings.simplefilter("error", OnsetInputWarning)  # refuse partial inputs
-        >>> warnings.resetwarnings()
-    """
-
-
-def _steps_array(steps: ArrayLike, rows: int, what: str) -> np.ndarray:
-    s = np.asarray(steps, dtype=np.float64)
-    if s.ndim != 1:
-        raise ValueError(f"steps must be one-dimensional (one step per {what} row), got shape {s.shape}")
-    if len(s) != rows:
-        raise ValueError(f"steps has {len(s)} entries but {what} has {rows} rows: pass one step per row")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("steps contains NaN or infinite values")
-    bad = np.flatnonzero(np.diff(s) <= 0)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"steps must be strictly increasing, but row {i + 1} (step {s[i + 1]:g}) does not come after row {i} "
-            f"(step {s[i]:g}); sort the rows by step and drop repeated measurements (e.g. from concatenated "
-            "resumed runs)")
-    return s
-
-
-def _optional_column(values: ArrayLike | None, rows: int, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(v) != rows:
-        raise ValueError(f"{name} has {len(v)} entries but eigenvalues has {rows} rows: pass one per row")
-    return v
-
-
-def _keep_finite_rows(finite: np.ndarray, what: str) -> np.ndarray:
-    dropped = int((~finite).sum())
-    if dropped:
-        warnings.warn(f"{dropped} of {len(finite)} {what} rows hold NaN or infinite values and were left out",
-                      OnsetInputWarning, stacklevel=3)
-    if finite.sum() < 3:
-        raise ValueError(
-            f"need at least 3 finite {what} rows to detect steps, got {int(finite.sum())} "
-            f"(of {len(finite)}); measure more often (every_n_steps) or train longer")
-    return finite
-
-
-def running_median(values: np.ndarray, rows: int) -> np.ndarray:
-    """Median over a centred window of ``rows`` rows (odd), along axis 0; edges repeat the end rows.
-
-    Examples:
-        >>> running_median(np.array([1.0, 9.0, 2.0, 3.0, 4.0]), 3).tolist()
-        [1.0, 2.0, 3.0, 3.0, 4.0]
-    """
-    if rows <= 1:
-        return np.array(values, dtype=np.float64)
-    half = rows // 2
-    pad = [(half, half)] + [(0, 0)] * (values.ndim - 1)
-    padded = np.pad(values, pad, mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, rows, axis=0)
-    return np.median(windows, axis=-1)
-
-
-def _crossing(steps: np.ndarray, values: np.ndarray, level: float, first: int, last: int) -> float:
-    """Where ``values[first..last]`` (a noisy rise) crosses ``level``: the best step split, interpolated."""
-    segment = values[first : last + 1]
-    above = segment >= level
-    if above[0]:
-        return float(steps[first])
-    # cost of splitting before position c: rows above the level before it plus rows below it from c on
-    above_before = np.concatenate([[0], np.cumsum(above)])[:-1]
-    below_from = np.cumsum((~above)[::-1])[::-1]
-    cost = above_before + below_from
-    cost[0] = len(segment) + 1  # the split must leave at least one row below the level
-    c = first + int(np.flatnonzero(cost == cost.min())[-1])
-    lo, hi = values[c - 1], values[c]
-    if hi <= lo:
-        return float(steps[c])
-    fraction = min(max((level - lo) / (hi - lo), 0.0), 1.0)
-    return float(steps[c - 1] + fraction * (steps[c] - steps[c - 1]))
-
 
 def _value_at(steps: np.ndarray, column: np.ndarray | None, step: float) -> float:
     if column is None or not np.isfinite(step):
@@ -208,8 +116,16 @@ def _find_rise(m: np.ndarray, min_rise: float, plateau_rows: int) -> tuple[int |
 
 
 #: Defaults of the detection options of :func:`detect_onsets` (also those of :class:`OnsetTracker`).
-DEFAULT_ONSET_OPTIONS: dict[str, float] = {"min_rise": 10.0, "min_relative_plateau": 0.01, "smoothing": 7,
-                                           "plateau_rows": 5}
+#: The detection options, their defaults and meaning: the one source for :func:`detect_onsets`,
+#: :class:`OnsetTracker`, ``StepwiseMonitor(onset_options=...)`` and the ``report`` command's flags.
+ONSET_OPTIONS: dict[str, tuple[float, str]] = {
+    "min_rise": (10.0, "factor by which a mode must rise above its floor to count as learned"),
+    "min_relative_plateau": (0.01, "smallest plateau of a learned mode, as a fraction of the largest eigenvalue "
+                                   "then"),
+    "smoothing": (7, "rows of the running median applied first (odd; 1 turns it off)"),
+    "plateau_rows": (5, "rows after the plateau that must confirm it"),
+}
+DEFAULT_ONSET_OPTIONS: dict[str, float] = {name: default for name, (default, _) in ONSET_OPTIONS.items()}
 
 
 def check_onset_options(**options: Any) -> dict[str, Any]:
@@ -244,10 +160,10 @@ def detect_onsets(
     *,
     epochs: ArrayLike | None = None,
     times: ArrayLike | None = None,
-    min_rise: float = 10.0,
-    min_relative_plateau: float = 0.01,
-    smoothing: int = 7,
-    plateau_rows: int = 5,
+    min_rise: float = ONSET_OPTIONS["min_rise"][0],
+    min_relative_plateau: float = ONSET_OPTIONS["min_relative_plateau"][0],
+    smoothing: int = ONSET_OPTIONS["smoothing"][0],  # type: ignore[assignment]
+    plateau_rows: int = ONSET_OPTIONS["plateau_rows"][0],  # type: ignore[assignment]
     per_mode: bool = False,
 ) -> list[dict[str, float]]:
     """Detect the step onset of every learned mode in an eigenvalue trajectory.
@@ -315,14 +231,14 @@ def _prepare(
     if values.ndim != 2:
         raise ValueError(f"eigenvalues must be (T, k) or (T,), got shape {values.shape}")
     rows = values.shape[0]
-    s = _steps_array(steps, rows, "eigenvalues")
-    epoch_column = _optional_column(epochs, rows, "epochs")
-    time_column = _optional_column(times, rows, "times")
+    s = steps_array(steps, rows, "eigenvalues")
+    epoch_column = optional_column(epochs, rows, "epochs")
+    time_column = optional_column(times, rows, "times")
     if rows < 3:
         raise ValueError(f"need at least 3 measurements to detect steps, got {rows}")
     columns = np.flatnonzero(~np.all(np.isnan(values), axis=0))
     values = values[:, columns]
-    keep = _keep_finite_rows(np.all(np.isfinite(values), axis=1), "eigenvalue")
+    keep = keep_finite_rows(np.all(np.isfinite(values), axis=1), "eigenvalue")
     values, s = values[keep], s[keep]
     epoch_column = epoch_column[keep] if epoch_column is not None else None
     time_column = time_column[keep] if time_column is not None else None
@@ -392,9 +308,9 @@ def _scan(
         if not per_mode:
             previous_floor = float(m[floor_row])
         exits.append((search_from, previous_floor))
-        onset = _crossing(s, m, 0.5 * plateau, floor_row, plateau_row)
-        start = _crossing(s, m, 0.1 * plateau, floor_row, plateau_row)
-        end = _crossing(s, m, 0.9 * plateau, floor_row, plateau_row)
+        onset = level_crossing(s, m, 0.5 * plateau, floor_row, plateau_row)
+        start = level_crossing(s, m, 0.1 * plateau, floor_row, plateau_row)
+        end = level_crossing(s, m, 0.9 * plateau, floor_row, plateau_row)
         confirmed_row = min(plateau_row + plateau_rows + smoothing // 2, last_row)
         records.append({
             "mode": int(columns[j]),
@@ -452,7 +368,7 @@ class OnsetTracker:
         """Scan the trajectory so far (sorted rows); return the records of newly learned modes."""
         values = np.asarray(eigenvalues, dtype=np.float64)
         values = values[:, None] if values.ndim == 1 else values
-        s = _steps_array(steps, len(values), "eigenvalues")
+        s = steps_array(steps, len(values), "eigenvalues")
         start = int(np.searchsorted(s, self._resume_step))
         lo = max(start - self.options["smoothing"] // 2, 0)  # rows the first medians need
         last = max(self.records, default=self._first - 1) + 1 + self.lookahead
@@ -494,147 +410,3 @@ class OnsetTracker:
         self.records = {int(r["mode"]): {**r, "mode": int(r["mode"])} for r in records}
 
 
-def detect_loss_steps(
-    steps: ArrayLike,
-    loss: ArrayLike,
-    *,
-    window: int = 5,
-    min_drop: float | None = None,
-    significance: float = 8.0,
-) -> list[dict[str, float]]:
-    """Find the drops of a staircase loss curve.
-
-    A drop is where the median loss of the ``window`` rows before a row exceeds that of the
-    ``window`` rows from it on by a peak that stands out from the neighbouring decline (so a smooth
-    decrease is not a staircase) by more than ``significance`` times its noise level (estimated from
-    the row-to-row differences within ``4 * window`` rows), and by at least ``min_drop`` when given.
-
-    Args:
-        steps: (T,) strictly increasing steps.
-        loss: (T,) loss at each step (non-finite rows are left out with a warning).
-        window: rows on each side that define the levels before and after a drop.
-        min_drop: smallest drop to report, in loss units (default: only the noise criterion).
-        significance: how many noise standard deviations a drop must stand out by.
-
-    Returns:
-        One record per drop (keys :data:`LOSS_DROP_COLUMNS`), by increasing step: ``drop_step`` is
-        where the loss crosses the middle between its levels before and after, ``drop_start_step`` and
-        ``drop_end_step`` where 10 % and 90 % of the drop are done.
-
-    Examples:
-        >>> steps = np.arange(60)
-        >>> loss = 3.0 - (steps >= 20) - (steps >= 40) + 0.01 * np.sin(steps)
-        >>> [round(d["drop_step"]) for d in detect_loss_steps(steps, loss)]
-        [20, 40]
-    """
-    if window < 1:
-        raise ValueError(f"window must be >= 1 row, got {window}")
-    values = np.asarray(loss, dtype=np.float64).reshape(-1) if np.ndim(loss) else np.asarray([loss], float)
-    s = _steps_array(steps, len(values), "loss")
-    keep = _keep_finite_rows(np.isfinite(values), "loss")
-    values, s = values[keep], s[keep]
-    rows = len(values)
-    w = min(window, (rows - 1) // 2)
-    if w < 1:
-        return []
-    smoothed = running_median(values, 2 * (w // 2) + 1)
-    before = np.median(np.lib.stride_tricks.sliding_window_view(values, w), axis=1)
-    # boundary b (between rows b-1 and b), for b in [w, rows - w]
-    level_before = before[: rows - 2 * w + 1]
-    level_after = before[w:]
-    drop = level_before - level_after
-    boundaries = np.arange(w, rows - w + 1)
-    diffs = np.diff(values)
-    # Noise from the row-to-row differences around each boundary (robust: median absolute deviation),
-    # local because a loss is often much noisier early in training than late.
-    reach = 4 * w
-    noise = np.array([_mad_noise(diffs[max(b - reach, 0) : b + reach]) for b in boundaries])
-    # a difference of two medians of w rows has a standard deviation of about 1.2533 σ sqrt(2 / w)
-    threshold = significance * 1.2533 * noise * math.sqrt(2 / w)
-    if min_drop is not None:
-        threshold = np.maximum(threshold, float(min_drop))
-    records: list[dict[str, float]] = []
-    for i in range(len(drop)):
-        neighbourhood = drop[max(i - w, 0) : i + w + 1]
-        if drop[i] < neighbourhood.max() or np.any(drop[max(i - w, 0) : i] == drop[i]):
-            continue  # not the first local maximum of its neighbourhood
-        left = drop[max(i - 2 * w, 0) : i + 1].min()
-        right = drop[i : i + 2 * w + 1].min()
-        prominence = drop[i] - max(left, right, 0.0)
-        if prominence <= threshold[i]:
-            continue
-        b = int(boundaries[i])
-        high, low = float(level_before[i]), float(level_after[i])
-        first, last = max(b - w, 0), min(b + w - 1, rows - 1)
-        # crossings of a falling curve are the rises of its negative
-        start, middle, end = (_crossing(s, -smoothed, -(high - fraction * (high - low)), first, last)
-                              for fraction in (0.1, 0.5, 0.9))
-        records.append({"drop_step": middle, "drop_start_step": start, "drop_end_step": end,
-                        "loss_before": high, "loss_after": low, "drop": high - low})
-    return records
-
-
-def _mad_noise(differences: np.ndarray) -> float:
-    """Standard deviation of the values behind row-to-row ``differences``, robust to a few jumps."""
-    if differences.size == 0:
-        return 0.0
-    return 1.4826 * float(np.median(np.abs(differences - np.median(differences)))) / math.sqrt(2)
-
-
-def match_loss_drops(
-    onsets: Sequence[dict[str, Any]], drops: Sequence[dict[str, float]], *, tolerance: float | None = None
-) -> list[dict[str, Any]]:
-    """Pair each mode onset with the loss drop nearest in step, one drop per onset at most.
-
-    Args:
-        onsets: records from :func:`detect_onsets`.
-        drops: records from :func:`detect_loss_steps`.
-        tolerance: largest onset-to-drop distance in steps; default: for each onset, its rise
-            duration (``rise_steps``), but at least the distance to the confirmation row.
-
-    Returns:
-        Copies of ``onsets`` with ``loss_drop_step`` and ``loss_drop`` filled where a drop matched
-        (NaN elsewhere). Closest pairs are matched first.
-
-    Examples:
-        >>> onsets = [{"mode": 0, "onset_step": 100.0, "rise_steps": 30.0}]
-        >>> match_loss_drops(onsets, [{"drop_step": 95.0, "drop": 1.0}])[0]["loss_drop_step"]
-        95.0
-    """
-    matched = [dict(o, loss_drop_step=math.nan, loss_drop=math.nan) for o in onsets]
-    if tolerance is not None:
-        limits = [float(tolerance)] * len(onsets)
-    else:
-        limits = [max(float(o.get("rise_steps", 0.0)), float(o.get("confirmed_step", o["onset_step"])) -
-                      float(o["onset_step"])) for o in onsets]
-    pairs = closest_pairs([float(o["onset_step"]) for o in onsets], [float(d["drop_step"]) for d in drops], limits)
-    for i, j in pairs:
-        matched[i]["loss_drop_step"] = float(drops[j]["drop_step"])
-        matched[i]["loss_drop"] = float(drops[j]["drop"])
-    return matched
-
-
-def closest_pairs(
-    xs: Sequence[float], ys: Sequence[float], tolerance: float | Sequence[float]
-) -> list[tuple[int, int]]:
-    """One-to-one pairs ``(i, j)`` of ``xs[i]`` and ``ys[j]`` within ``tolerance``, closest pairs first.
-
-    ``tolerance`` is one number or one per ``x``. Used to match onsets with loss drops, and detected
-    onsets with a known truth.
-
-    Examples:
-        >>> closest_pairs([10.0, 50.0], [12.0, 11.0, 90.0], 5.0)
-        [(0, 1)]
-    """
-    limits = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (len(xs),))
-    candidates = sorted((abs(x - y), i, j) for i, x in enumerate(xs) for j, y in enumerate(ys)
-                        if abs(x - y) <= limits[i])
-    used_x: set[int] = set()
-    used_y: set[int] = set()
-    pairs = []
-    for _, i, j in candidates:
-        if i not in used_x and j not in used_y:
-            used_x.add(i)
-            used_y.add(j)
-            pairs.append((i, j))
-    return pairs

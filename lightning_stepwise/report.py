@@ -1,7 +1,8 @@
-"""Files and figures from a recorded run.
+"""The files of a recorded run, written by one writer for the monitor and the ``report`` command.
 
 ``spectrum.npz`` (all arrays) and ``spectrum.csv`` (scalar columns); ``onsets.csv`` / ``onsets.json``
-(one row per learned mode); ``stepwise.png`` (eigenvalue trajectories over the loss).
+(one row per learned mode); ``stepwise.png`` (eigenvalue trajectories over the loss, see
+:mod:`lightning_stepwise.plots`); ``problems.json`` (counts of skipped work); ``probe*.csv`` from the probe.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +20,24 @@ from typing import Any
 import numpy as np
 
 from lightning_stepwise.history import SCALAR_COLUMNS
-from lightning_stepwise.onsets import ONSET_COLUMNS, detect_loss_steps, detect_onsets, match_loss_drops
+from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
+from lightning_stepwise.onsets import ONSET_COLUMNS, check_onset_options, detect_onsets
+from lightning_stepwise.trajectory import OnsetInputWarning
 
 __all__ = [
+    "RunFiles",
     "RunReport",
+    "final_onset_table",
     "format_onset_table",
     "load_onsets",
     "load_spectrum",
-    "plot_probe_modes",
-    "plot_stepwise",
+    "loss_drops_of",
     "report_run",
     "save_onsets",
     "save_probe",
+    "save_problems",
     "save_spectrum",
+    "write_run_files",
 ]
 
 
@@ -160,139 +167,125 @@ def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _log_limits(values: np.ndarray) -> tuple[float | None, float | None]:
-    """Log-axis limits that keep the bulk of the curves readable.
-
-    A collapse at initialisation can put the first rows 10 orders of magnitude above the rest, and
-    numerically zero eigenvalues can sit 10 below: both are clipped to percentiles of the data.
-    """
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None, None
-    top = 3 * np.nanpercentile(values[:, 0], 98) if values.shape[1] else finite.max()
-    bottom = max(np.percentile(finite, 5) / 3, top * 1e-10)  # at most 10 decades
-    if not (np.isfinite(top) and top > bottom > 0):
-        return None, None
-    return bottom, top
-
-
-def plot_stepwise(
-    arrays: Mapping[str, np.ndarray],
-    onsets: Sequence[Mapping[str, Any]] = (),
-    loss_drops: Sequence[Mapping[str, Any]] = (),
-    *,
-    x: str = "step",
-    max_modes: int = 64,
-    title: str | None = None,
-    path: str | os.PathLike[str] | None = None,
-    predicted: Mapping[str, np.ndarray] | None = None,
-    ylabel: str = "covariance eigenvalue",
-) -> Any:
-    """Eigenvalue trajectories (log scale, coloured by mode rank) with onsets marked, over the loss.
-
-    Args:
-        arrays: a history as :meth:`StepwiseMonitor.history` or :func:`load_spectrum` returns it.
-        onsets: records of :func:`~lightning_stepwise.onsets.detect_onsets`; each marked with a dot at
-            half its plateau and a thin vertical line.
-        loss_drops: records of :func:`~lightning_stepwise.onsets.detect_loss_steps`, marked on the loss.
-        x: ``"step"`` or ``"time"`` (effective time: the running sum of the learning rate).
-        max_modes: leading eigenvalues drawn.
-        title: figure title.
-        path: save the figure there (PNG) when given.
-        predicted: a theory's curves, drawn dashed: ``step`` (S,), ``eigenvalues`` (S × d, sorted per row)
-            and optionally ``loss`` (S,); see :class:`~lightning_stepwise.theory.TheoryPrediction`.
-        ylabel: label of the eigenvalue axis (which spectrum it is).
-
-    Returns:
-        A matplotlib ``Figure`` made without pyplot (no window opens; nothing to close).
+def loss_drops_of(arrays: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """The drops of a history's loss column (none with fewer than 3 finite losses).
 
     Examples:
-        >>> steps = np.arange(0, 300, 10)
-        >>> fig = plot_stepwise({"step": steps, "eigenvalues": np.ones((30, 4)), "loss": np.ones(30)})
-        >>> len(fig.axes)  # eigenvalues, loss, colour bar (and "modes learned" over the loss when onsets given)
-        3
+        >>> steps = np.arange(60)
+        >>> [round(d["drop_step"]) for d in loss_drops_of({"step": steps, "loss": 3.0 - (steps >= 30)})]
+        [30]
     """
-    import matplotlib
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
+    loss = np.asarray(arrays.get("loss", []), dtype=np.float64)
+    finite = np.isfinite(loss)
+    if finite.sum() < 3:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OnsetInputWarning)
+        return detect_loss_steps(np.asarray(arrays["step"])[finite], loss[finite])
 
-    if x not in {"step", "time"}:
-        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
-    steps = np.asarray(arrays["step"], dtype=np.float64)
-    xs = np.asarray(arrays["time"], dtype=np.float64) if x == "time" else steps
-    if x == "time" and not np.all(np.isfinite(xs)):
-        raise ValueError("this history has no effective time (NaN learning rates); plot with x='step'")
 
-    def to_x(step: float) -> float:
-        return float(np.interp(step, steps, xs))
+def final_onset_table(
+    arrays: Mapping[str, np.ndarray], onsets: Sequence[Mapping[str, Any]], theory: Any = None
+) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """The onset table as written at the end of a run, and the loss drops.
 
-    eigenvalues = np.asarray(arrays["eigenvalues"], dtype=np.float64)[:, :max_modes]
-    modes = eigenvalues.shape[1]
-    loss = np.asarray(arrays.get("loss", np.full(len(steps), np.nan)), dtype=np.float64)
-    has_loss = bool(np.isfinite(loss).any())
-    # a bare Figure, not pyplot: no GUI backend, nothing left open in notebooks or training processes
-    fig = Figure(figsize=(9, 7 if has_loss else 4.5), layout="constrained")
-    axes = fig.subplots(2 if has_loss else 1, 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": [3, 1.3]} if has_loss else None)
-    ax = axes[0, 0]
-    cmap = matplotlib.colormaps["viridis"]
-    norm = Normalize(0, max(modes - 1, 1))
-    positive = np.where(eigenvalues > 0, eigenvalues, np.nan)
-    for j in range(modes):
-        ax.plot(xs, positive[:, j], color=cmap(norm(j)), lw=1.1)
-    for r in onsets:
-        j = int(r["mode"])
-        if j >= modes:
-            continue
-        ox = to_x(float(r["onset_step"]))
-        ax.axvline(ox, color=cmap(norm(j)), lw=0.5, alpha=0.35)
-        ax.plot([ox], [0.5 * float(r["plateau"])], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6)
-    ax.set_yscale("log")
-    if predicted is not None:
-        p_steps = np.asarray(predicted["step"], dtype=np.float64)
-        p_x = np.interp(p_steps, steps, xs) if x == "time" else p_steps
-        p_eig = np.asarray(predicted["eigenvalues"], dtype=np.float64)[:, :modes]
-        for j in range(p_eig.shape[1]):
-            ax.plot(p_x, np.where(p_eig[:, j] > 0, p_eig[:, j], np.nan), color=cmap(norm(j)), lw=1.0, ls="--",
-                    alpha=0.9, label="theory" if j == 0 else None)
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.05), fontsize=8, frameon=False)
-    low, high = _log_limits(positive)
-    if low is not None:
-        ax.set_ylim(low, high)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or f"{len(onsets)} modes learned")
-    ax.text(0.99, 0.02, "dots: onsets (half the plateau)", transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=8, color="0.3")
-    if has_loss:
-        lax = axes[1, 0]
-        lax.plot(xs, loss, color="black", lw=1.1)
-        if predicted is not None and "loss" in predicted:
-            lax.plot(p_x, predicted["loss"], color="black", lw=1.0, ls="--", alpha=0.7)
-        for d in loss_drops:
-            lax.axvline(to_x(float(d["drop_step"])), color="tab:red", lw=0.8, ls="--")
-        lax.set_ylabel("loss")
-        if np.nanmin(loss) > 0 and np.nanmax(loss) / np.nanmin(loss) > 30:
-            lax.set_yscale("log")
-        if onsets:  # the staircase the loss should mirror: modes learned so far
-            onset_x = np.sort([to_x(float(r["onset_step"])) for r in onsets])
-            edges = np.concatenate([[min(xs[0], onset_x[0])], onset_x, [max(xs[-1], onset_x[-1])]])
-            count = np.concatenate([[0], np.arange(1, len(onset_x) + 1), [len(onset_x)]])
-            cax = lax.twinx()
-            cax.step(edges, count, where="post", color="tab:blue", lw=1.0, alpha=0.8)
-            cax.set_ylabel("modes learned", color="tab:blue")
-            cax.tick_params(axis="y", colors="tab:blue")
-            cax.set_ylim(0, max(len(onsets), 1) * 1.1)
-    axes[-1, 0].set_xlabel("optimizer step" if x == "step" else "effective time (sum of learning rates)")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 0].tolist(), label="mode (rank)", pad=0.01)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    Each onset gets its loss drop, and the theory's prediction when given a
+    :class:`~lightning_stepwise.theory.TheoryPrediction`. The records are new: the inputs are left as they are.
+
+    Examples:
+        >>> steps = np.arange(60)
+        >>> table, drops = final_onset_table({"step": steps, "loss": 3.0 - (steps >= 30)},
+        ...                                  [{"mode": 0, "onset_step": 31.0, "rise_steps": 6.0}])
+        >>> table[0]["loss_drop_step"]  # half-way between the plateaus, between steps 29 and 30
+        29.5
+    """
+    drops = loss_drops_of(arrays)
+    table = match_loss_drops([dict(r) for r in onsets], drops)
+    if theory is not None:
+        table = theory.annotate(table)
+    return table, drops
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files :func:`write_run_files` wrote (``None`` where it wrote none) and the figure it drew."""
+
+    onsets_csv: Path
+    onsets_json: Path
+    spectrum_npz: Path | None = None
+    spectrum_csv: Path | None = None
+    figure_path: Path | None = None
+    figure: Any = None
+
+
+def write_run_files(
+    directory: str | os.PathLike[str],
+    arrays: Mapping[str, np.ndarray],
+    onsets: Sequence[Mapping[str, Any]],
+    loss_drops: Sequence[Mapping[str, float]] = (),
+    *,
+    suffix: str = "",
+    spectrum: bool = True,
+    figure: bool = True,
+    x: str = "step",
+    title: str | None = None,
+    predicted: Mapping[str, np.ndarray] | None = None,
+    ylabel: str = "covariance eigenvalue",
+) -> RunFiles:
+    """Write one tracking point's files: the only writer, used by the monitor and the ``report`` command.
+
+    ``spectrum<suffix>.npz`` / ``.csv`` (when ``spectrum``), ``onsets<suffix>.csv`` / ``.json`` and
+    ``stepwise<suffix>.png`` (when ``figure`` and the history has a row). ``x="time"`` falls back to
+    steps when the history has no effective time.
+
+    Examples:
+        >>> import tempfile
+        >>> arrays = {"step": np.arange(3), "eigenvalues": np.ones((3, 2)), "loss": np.ones(3)}
+        >>> files = write_run_files(tempfile.mkdtemp(), arrays, [])
+        >>> files.spectrum_npz.name, files.onsets_csv.name, files.figure_path.name
+        ('spectrum.npz', 'onsets.csv', 'stepwise.png')
+    """
+    from lightning_stepwise.plots import plot_stepwise
+
+    out = Path(directory)
+    npz = csv_path = figure_path = drawn = None
+    if spectrum:
+        npz, csv_path = save_spectrum(arrays, out, stem=f"spectrum{suffix}")
+    onsets_csv, onsets_json = save_onsets(onsets, out, stem=f"onsets{suffix}")
+    if figure and len(arrays["step"]):
+        use_time = x == "time" and "time" in arrays and bool(np.all(np.isfinite(arrays["time"])))
+        figure_path = out / f"stepwise{suffix}.png"
+        drawn = plot_stepwise(arrays, onsets, loss_drops, x="time" if use_time else "step", path=figure_path,
+                              title=title, predicted=predicted, ylabel=ylabel)
+    return RunFiles(onsets_csv=onsets_csv, onsets_json=onsets_json, spectrum_npz=npz, spectrum_csv=csv_path,
+                    figure_path=figure_path, figure=drawn)
+
+
+def save_problems(counts: Mapping[str, int], directory: str | os.PathLike[str],
+                  name: str = "problems.json") -> Path:
+    """Write the counts of skipped work (see :mod:`lightning_stepwise.problems`) as JSON.
+
+    Counts already in the file under other names are kept: the monitor and the probe each write their own.
+
+    Examples:
+        >>> import tempfile
+        >>> save_problems({"failed_solves": 0}, tempfile.mkdtemp()).name
+        'problems.json'
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(counts)
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return path
 
 
 @dataclass(frozen=True)
 class RunReport:
     """What :func:`report_run` found and wrote for one ``spectrum*.npz``.
+
+    ``note`` says why there are no onsets when the history is too short to look for them.
 
     Examples:
         >>> import tempfile
@@ -309,7 +302,8 @@ class RunReport:
     loss_drops: list[dict[str, float]]
     onsets_csv: Path
     onsets_json: Path
-    figure: Path
+    figure: Path | None
+    note: str = ""
 
 
 def report_run(
@@ -320,6 +314,9 @@ def report_run(
     **onset_options: Any,
 ) -> list[RunReport]:
     """Detect onsets and loss drops again from saved spectra; write the tables and ``stepwise.png``.
+
+    A history of fewer than 3 measurements is drawn as it is, with an empty onset table and a
+    ``note`` saying why.
 
     Args:
         run: a ``spectrum*.npz`` file, or a folder searched recursively for them (a logger's run folder).
@@ -337,6 +334,7 @@ def report_run(
         ...
         FileNotFoundError: no spectrum*.npz under missing-run
     """
+    check_onset_options(**onset_options)
     root = Path(run)
     files = [root] if root.suffix == ".npz" and root.is_file() else sorted(root.rglob("spectrum*.npz"))
     if not files:
@@ -347,57 +345,23 @@ def report_run(
         missing = {"step", "eigenvalues"} - set(arrays)
         if missing:
             raise ValueError(f"{path} lacks {sorted(missing)}: not a spectrum file written by StepwiseMonitor")
+        rows = len(arrays["step"])
+        note = ""
+        if rows < 3:
+            onsets: list[dict[str, float]] = []
+            note = (f"{rows} measurement{'s' if rows != 1 else ''}: finding learned modes needs at least 3 "
+                    "(measure more often with every_n_steps, or train longer)")
+        else:
+            onsets = detect_onsets(arrays["step"], arrays["eigenvalues"], epochs=arrays.get("epoch"),
+                                   times=arrays.get("time"), **onset_options)
+        table, drops = final_onset_table(arrays, onsets)
         suffix = path.stem[len("spectrum"):]
-        onsets = detect_onsets(arrays["step"], arrays["eigenvalues"], epochs=arrays.get("epoch"),
-                               times=arrays.get("time"), **onset_options)
-        loss = arrays.get("loss")
-        drops: list[dict[str, float]] = []
-        if loss is not None and np.isfinite(loss).sum() >= 3:
-            finite = np.isfinite(loss)
-            drops = detect_loss_steps(arrays["step"][finite], loss[finite])
-        onsets = match_loss_drops(onsets, drops)
-        directory = Path(output) if output is not None else path.parent
-        csv_path, json_path = save_onsets(onsets, directory, stem=f"onsets{suffix}")
-        figure = directory / f"stepwise{suffix}.png"
-        use_time = x == "time" and "time" in arrays and bool(np.all(np.isfinite(arrays["time"])))
-        plot_stepwise(arrays, onsets, drops, x="time" if use_time else "step", path=figure,
-                      title=f"{path.parent.name}/{path.name}: {len(onsets)} modes learned")
-        reports.append(RunReport(path, onsets, drops, csv_path, json_path, figure))
+        files_written = write_run_files(Path(output) if output is not None else path.parent, arrays, table, drops,
+                                        suffix=suffix, spectrum=False, x=x,
+                                        title=f"{path.parent.name}/{path.name}: {len(table)} modes learned")
+        reports.append(RunReport(path, table, drops, files_written.onsets_csv, files_written.onsets_json,
+                                 files_written.figure_path, note))
     return reports
-
-
-def plot_probe_modes(
-    modes: Sequence[tuple[int, float]],
-    *,
-    learned_modes: int | None = None,
-    title: str | None = None,
-    path: str | os.PathLike[str] | None = None,
-) -> Any:
-    """Probe accuracy against the number of leading covariance eigen-directions kept.
-
-    Examples:
-        >>> fig = plot_probe_modes([(1, 0.3), (2, 0.55), (4, 0.8), (8, 0.9)], learned_modes=5)
-        >>> fig.axes[0].get_xlabel()
-        'leading eigen-directions kept (k)'
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4), layout="constrained")
-    ax = fig.subplots()
-    if modes:
-        ks, accuracies = zip(*modes, strict=True)
-        ax.plot(ks, [100 * a for a in accuracies], "o-", color="tab:blue")
-        ax.set_xscale("log", base=2)
-    if learned_modes:
-        ax.axvline(learned_modes, color="tab:red", ls="--", lw=1, label=f"{learned_modes} modes learned")
-        ax.legend(loc="lower right", frameon=False)
-    ax.set_xlabel("leading eigen-directions kept (k)")
-    ax.set_ylabel("probe top-1 accuracy (%)")
-    ax.set_title(title or "which modes carry label information")
-    ax.grid(alpha=0.3)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
 
 
 def save_probe(
@@ -430,5 +394,7 @@ def save_probe(
             writer.writerow(["k", "top1"])
             writer.writerows(modes)
         paths.append(out / "probe_modes.png")
+        from lightning_stepwise.plots import plot_probe_modes
+
         plot_probe_modes(modes, learned_modes=learned_modes, path=paths[-1])
     return paths

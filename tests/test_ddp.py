@@ -46,7 +46,7 @@ def test_ddp_spectrum_is_identical_on_ranks_and_equals_the_global_batch(runs, ro
 def test_only_rank_zero_writes_files(runs):
     ddp, _ = runs
     assert sorted(p.name for p in (ddp / "cov").iterdir()) == [
-        "onsets.csv", "onsets.json", "spectrum.csv", "spectrum.npz", "stepwise.png"]
+        "onsets.csv", "onsets.json", "problems.json", "spectrum.csv", "spectrum.npz", "stepwise.png"]
 
 
 PROBE_SCRIPT = Path(__file__).parent / "scripts" / "ddp_probe.py"
@@ -137,8 +137,8 @@ def test_ddp_step_path_waits_on_the_device_once_per_fit(staircase_runs):
     import json
 
     # CPU stand-in count (tests/sync_counter.py) inside the monitor's hooks: one process never waits; under
-    # DDP the first window reads the agreed rows per step once, and nothing else in 90 steps does.
+    # DDP the first window reads the agreed rows per step, width and precision of every rank once (one host read
+    # of the gathered table), and nothing else in 90 steps does.
     assert json.loads((staircase_runs["single"] / "syncs_rank0.json").read_text()) == []
     for rank in (0, 1):
-        assert json.loads((staircase_runs["ddp"] / f"syncs_rank{rank}.json").read_text()) == [
-            [0, "_local_scalar_dense"]]
+        assert json.loads((staircase_runs["ddp"] / f"syncs_rank{rank}.json").read_text()) == [[0, "tolist"]]

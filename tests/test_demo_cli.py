@@ -23,7 +23,7 @@ def test_demo_command_trains_prints_and_writes(tmp_path, capsys):
     assert len(files) == 1
     assert {p.name for p in files[0].parent.iterdir()} == {
         "spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png", "probe.csv", "probe_modes.csv",
-        "probe_modes.png"}
+        "probe_modes.png", "problems.json"}
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     history = load_spectrum(files[0])
     assert list(history["step"]) == [0, 8, 16]

@@ -10,13 +10,13 @@ import torch
 from helpers import make_ssl_module, pair_loader, trainer
 
 from lightning_stepwise import StepwiseMonitor, StepwiseWarning
+from lightning_stepwise.accumulators import CrossCorrelationSums
 from lightning_stepwise.linear_model import (
     LinearSSL,
     digits_view_pairs,
     run_linear_theory_experiment,
     view_pair_loader,
 )
-from lightning_stepwise.spectrum import CrossCorrelationSums
 from lightning_stepwise.theory import LinearSSLTheory
 
 

@@ -130,7 +130,7 @@ def test_several_tracking_points(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {
         f"{kind}_{point}.{ext}" for point in ("backbone", "projection_head")
         for kind, ext in (("spectrum", "npz"), ("spectrum", "csv"), ("onsets", "csv"), ("onsets", "json"),
-                          ("stepwise", "png"))}
+                          ("stepwise", "png"))} | {"problems.json"}
 
 
 def test_missing_embeddings_fail_at_fit_start_with_guidance():

@@ -20,18 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lightning_stepwise.onsets import (  # noqa: E402
+from lightning_stepwise.loss_steps import (  # noqa: E402
     LOSS_DROP_COLUMNS,
-    ONSET_COLUMNS,
-    OnsetInputWarning,
     closest_pairs,
     detect_loss_steps,
-    detect_onsets,
     match_loss_drops,
-    running_median,
 )
-from lightning_stepwise.report import format_onset_table, load_onsets, plot_stepwise, save_onsets  # noqa: E402
+from lightning_stepwise.onsets import ONSET_COLUMNS, detect_onsets  # noqa: E402
+from lightning_stepwise.plots import plot_stepwise  # noqa: E402
+from lightning_stepwise.report import format_onset_table, load_onsets, save_onsets  # noqa: E402
 from lightning_stepwise.synthetic import stepwise_trajectories  # noqa: E402
+from lightning_stepwise.trajectory import OnsetInputWarning, running_median  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "resnet18_digits_bt_smallinit.npz"
 LN9 = math.log(9.0)

@@ -30,35 +30,84 @@ def digits_split():
     return x[train], y[train], x[val], y[val]
 
 
-def test_logistic_probe_agrees_with_scikit_learn_on_raw_pixels(digits_split):
+def fitted_through_the_probe(monkeypatch, solver, *args, **kwargs):
+    """Run ``fit_linear_probe`` and keep what its solver ``solver`` saw and fitted: (x, c, weight, bias).
+
+    The probe reports accuracies only; the spy keeps the standardised training features it was given and
+    the coefficients it returned, so the whole path (standardisation, ``c``, intercept) can be checked.
+    """
+    import lightning_stepwise.probe as probe_module
+
+    original, calls = getattr(probe_module, solver), []
+
+    def spy(x, y, classes, c, *rest):
+        weight, bias = original(x, y, classes, c, *rest)
+        calls.append({"x": x.numpy(), "c": c, "weight": weight.numpy(), "bias": bias.numpy()})
+        return weight, bias
+
+    monkeypatch.setattr(probe_module, solver, spy)
+    result = fit_linear_probe(*args, **kwargs)
+    assert len(calls) == 1  # modes=False: a single fit
+    return result, calls[0]
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("c", [0.1, 1.0, 100.0])
+def test_logistic_probe_agrees_with_scikit_learn_on_raw_pixels(digits_split, monkeypatch, c):
+    # the same coefficients, intercepts and probabilities as LogisticRegression(C=c) on StandardScaler
+    # features: a wrong c (c = 1 instead of 0.1 or 100 moves the coefficients by 50-400 %), a wrong
+    # standardisation (n - 1 in the std moves them by 4e-4) or a missing intercept would all show
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     x_train, y_train, x_val, y_val = digits_split
     scaler = StandardScaler().fit(x_train)
-    reference = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(scaler.transform(x_train), y_train)
-    expected = reference.score(scaler.transform(x_val), y_val)
-    result = fit_linear_probe(torch.tensor(x_train), torch.tensor(y_train), torch.tensor(x_val), torch.tensor(y_val),
-                              modes=False)
-    assert abs(result["top1"] - expected) <= 0.01
-    # top-5 and train accuracy, recomputed from scikit-learn's probabilities
-    probabilities = reference.predict_proba(scaler.transform(x_val))
+    s_train, s_val = scaler.transform(x_train), scaler.transform(x_val)
+    reference = LogisticRegression(C=c, max_iter=10_000, tol=1e-10).fit(s_train, y_train)
+    result, fitted = fitted_through_the_probe(
+        monkeypatch, "_fit_logistic", torch.tensor(x_train), torch.tensor(y_train), torch.tensor(x_val),
+        torch.tensor(y_val), c=c, modes=False)
+    np.testing.assert_allclose(fitted["x"], s_train, atol=1e-9)  # standardised with the train mean and std
+    weight, bias = fitted["weight"], fitted["bias"]
+    # L-BFGS to its tolerance: ~1e-5 relative at c ≤ 1, ~2e-4 at the nearly unregularised c = 100
+    tolerance = 1e-4 if c <= 1 else 2e-3
+    coef = reference.coef_.T
+    assert np.linalg.norm(weight - coef) <= tolerance * np.linalg.norm(coef)
+    # multinomial intercepts are defined up to a common shift: compare them centred
+    np.testing.assert_allclose(bias - bias.mean(), reference.intercept_ - reference.intercept_.mean(),
+                               atol=0.01 if c > 1 else 1e-3)
+    probabilities = reference.predict_proba(s_val)
+    np.testing.assert_allclose(softmax(s_val @ weight + bias), probabilities, atol=5 * tolerance)
+    # the reported accuracies are those of scikit-learn's probabilities
+    assert result["top1"] == pytest.approx(reference.score(s_val, y_val), abs=1e-6)
     top5 = np.mean([y in np.argsort(p)[-5:] for p, y in zip(probabilities, y_val, strict=True)])
-    assert abs(result["top5"] - top5) <= 0.01
-    assert result["train_top1"] >= result["top1"] - 0.05
+    assert result["top5"] == pytest.approx(top5, abs=1e-6)
+    assert result["train_top1"] == pytest.approx(reference.score(s_train, y_train), abs=1e-6)
 
 
-def test_ridge_probe_is_closed_form_least_squares(digits_split):
-    x_train, y_train, x_val, y_val = digits_split
-    result = fit_linear_probe(torch.tensor(x_train), torch.tensor(y_train), torch.tensor(x_val), torch.tensor(y_val),
-                              method="ridge", c=10.0, modes=False)
+@pytest.mark.parametrize("c", [0.1, 1.0, 100.0])
+def test_ridge_probe_is_scikit_learn_ridge_with_alpha_one_over_c(digits_split, monkeypatch, c):
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
 
+    x_train, y_train, x_val, y_val = digits_split
     scaler = StandardScaler().fit(x_train)
-    ridge = Ridge(alpha=0.1).fit(scaler.transform(x_train), np.eye(10)[y_train])
-    expected = np.mean(ridge.predict(scaler.transform(x_val)).argmax(1) == y_val)
-    assert result["top1"] == pytest.approx(expected, abs=1e-6)  # same predictions (torchmetrics: float32)
+    s_train, s_val = scaler.transform(x_train), scaler.transform(x_val)
+    ridge = Ridge(alpha=1 / c).fit(s_train, np.eye(10)[y_train])
+    result, fitted = fitted_through_the_probe(
+        monkeypatch, "_fit_ridge", torch.tensor(x_train), torch.tensor(y_train), torch.tensor(x_val),
+        torch.tensor(y_val), method="ridge", c=c, modes=False)
+    np.testing.assert_allclose(fitted["x"], s_train, atol=1e-9)
+    # closed form on both sides: equal to rounding
+    np.testing.assert_allclose(fitted["weight"], ridge.coef_.T, rtol=1e-7, atol=1e-9 * np.abs(ridge.coef_).max())
+    np.testing.assert_allclose(fitted["bias"], ridge.intercept_, rtol=1e-7, atol=1e-9)
+    scores = ridge.predict(s_val)
+    np.testing.assert_allclose(s_val @ fitted["weight"] + fitted["bias"], scores, atol=1e-8)
+    assert result["top1"] == pytest.approx(np.mean(scores.argmax(1) == y_val), abs=1e-6)  # torchmetrics: float32
 
 
 def test_accuracy_per_mode_count_rises_with_k_and_uses_the_covariance_eigenvectors(digits_split):
@@ -224,7 +273,7 @@ def test_mismatched_feature_widths_fail_at_set_up():
 
 
 def test_a_failing_probe_during_training_warns_once_and_training_goes_on(monkeypatch):
-    import lightning_stepwise.callbacks as callbacks_module
+    import lightning_stepwise.linear_probe as callbacks_module
     from lightning_stepwise import StepwiseWarning
 
     def broken(*args, **kwargs):
@@ -236,7 +285,8 @@ def test_a_failing_probe_during_training_warns_once_and_training_goes_on(monkeyp
     with pytest.warns(StepwiseWarning, match="solver exploded") as caught:
         t = trainer(max_epochs=3, callbacks=[probe])
         t.fit(make_ssl_module(), pair_loader())
-    assert t.current_epoch == 3 and probe.results == []
+    # three epoch probes and the one at fit end, each counted
+    assert t.current_epoch == 3 and probe.results == [] and probe.problems.counts["failed_probes"] == 4
     assert sum("solver exploded" in str(w.message) for w in caught) == 1
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="solver exploded"):
         trainer(max_epochs=1, callbacks=[LinearProbe(train, val, strict=True)]).fit(make_ssl_module(), pair_loader())

@@ -5,9 +5,8 @@ import pytest
 import torch
 from helpers import reference_eigenvalues
 
+from lightning_stepwise.accumulators import CovarianceMoments, CovarianceRows
 from lightning_stepwise.spectrum import (
-    CovarianceMoments,
-    CovarianceRows,
     covariance_eigenvalues,
     eigenvalues_from_gram,
     summarize_spectrum,
@@ -189,13 +188,13 @@ def test_row_buffer_holds_whole_batches_up_to_capacity_and_no_more():
 
 
 def test_rows_state_round_trips_through_a_checkpoint_dict():
-    from lightning_stepwise.spectrum import accumulator_from_state
+    from lightning_stepwise.accumulators import accumulator_from_state
 
     rows = torch.randn(30, 50)
     acc = CovarianceRows(50, capacity=64, normalize=True)
     acc.update(rows[:20])
     state = acc.state_dict()
-    assert state["rows"].shape == (20, 50)  # only what was filled, not the empty buffer
+    assert state["states"]["rows"].shape == (20, 50)  # only what was filled, not the empty buffer
     again = accumulator_from_state(state)
     for a in (acc, again):
         a.update(rows[20:])

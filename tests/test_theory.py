@@ -51,6 +51,39 @@ def half_crossings(steps, eigenvalues):
     return np.array(out)
 
 
+def kernel_gradient_descent(kernel, F0, lr, steps):
+    """Full-batch GD of a kernel machine in function space, with no features: the outputs F on the stacked
+    views [x0; x1] (2n × d) move by -lr K ∂L/∂F, ∂L/∂F = 4 Z F (C - I), C = Fᵀ Z F; Z the pair swap / 2n.
+
+    This is what GD on W does to F = Φ Wᵀ for any features with ΦΦᵀ = K (infinitely many for an RBF kernel).
+    """
+    n = len(F0) // 2
+    F = np.array(F0, dtype=np.float64)
+    d = F.shape[1]
+    eigenvalues, losses = [], []
+    for _ in range(steps + 1):
+        swapped = np.concatenate([F[n:], F[:n]]) / (2 * n)  # Z F
+        C = F.T @ swapped
+        eigenvalues.append(np.sort(np.linalg.eigvalsh(C))[::-1])
+        losses.append(((C - np.eye(d)) ** 2).sum())
+        F = F - lr * kernel @ (4 * swapped @ (C - np.eye(d)))
+    return np.arange(steps + 1), np.array(eigenvalues), np.array(losses), F
+
+
+def rbf_kernel(points, length):
+    sq = (points**2).sum(1)
+    return np.exp(-np.maximum(sq[:, None] + sq[None] - 2 * points @ points.T, 0) / (2 * length**2))
+
+
+def assert_staircase(steps, losses, times, d, atol=0.1):
+    """The loss sits at d - k between the k-th and (k+1)-th predicted steps (geometric middle) and at 0 at the end."""
+    edges = np.concatenate([[0.0], np.sort(times)])
+    for k in range(d):
+        at = 0 if k == 0 else int(np.sqrt(edges[k] * edges[k + 1]))
+        assert abs(losses[at] - (d - k)) < atol, (k, at, losses[at])
+    assert losses[-1] < atol, losses[-1]
+
+
 @pytest.fixture(scope="module")
 def data():
     x0, x1 = views()
@@ -152,15 +185,26 @@ def test_final_embedding_is_the_whitened_projection(separated):
     np.testing.assert_allclose(W.T @ W, predicted.T @ predicted, atol=1e-3 * np.abs(predicted.T @ predicted).max())
 
 
-def test_kernel_gammas_equal_the_feature_gammas_for_a_linear_kernel(data):
-    x0, x1, theory = data
+def test_linear_kernel_theory_from_outputs_predicts_the_linear_model_trained_by_gradient_descent(data):
+    # K = XXᵀ over 800 points has rank 10: the kernel route (pseudo-inverse root, QR of F0) against GD on W x
+    x0, x1, _ = data
     stacked = np.concatenate([x0, x1])
     with pytest.warns(UserWarning, match="cannot be learned"):  # a rank-10 kernel over 800 points
         kernel_theory = LinearSSLTheory.from_kernel(stacked @ stacked.T)
-    np.testing.assert_allclose(kernel_theory.gammas[:10], theory.gammas, rtol=1e-8)
     assert kernel_theory.learnable == 10
-    np.testing.assert_allclose(kernel_theory.step_times(0.01, d=4, init_scale=1e-3),
-                               theory.step_times(0.01, d=4, init_scale=1e-3), rtol=1e-8)
+    by_hand = np.linalg.eigvalsh((x0.T @ x1 + x1.T @ x0) / (2 * len(x0)))[::-1]  # Γ's spectrum, NumPy
+    np.testing.assert_allclose(kernel_theory.gammas[:10], by_hand, rtol=1e-8)
+    rng = np.random.default_rng(11)
+    W0 = 1e-4 * rng.standard_normal((4, x0.shape[1]))  # small random, not aligned
+    lr = 0.025 / kernel_theory.gammas[0]
+    predicted = kernel_theory.step_times(lr, F0=stacked @ W0.T)  # the kernel theory sees only K and F0
+    steps, eigenvalues, losses, _ = gradient_descent(x0, x1, W0, lr, int(predicted.max() * 1.5))
+    np.testing.assert_allclose(half_crossings(steps, eigenvalues), np.sort(predicted), rtol=0.03)
+    # close γ here (steps 10 % apart): no flat plateaus, but the same eigenvalue curves, ending at 1
+    trajectories = np.sort(kernel_theory.eigenvalue_trajectories(steps, lr, F0=stacked @ W0.T), axis=1)[:, ::-1]
+    np.testing.assert_allclose(trajectories, eigenvalues, atol=0.05)
+    np.testing.assert_allclose(eigenvalues[-1], 1.0, atol=0.02)
+    assert losses[-1] < 0.01
 
 
 def test_kernel_theory_predicts_a_kernel_machine_trained_by_gradient_descent():
@@ -185,8 +229,39 @@ def test_kernel_theory_predicts_a_kernel_machine_trained_by_gradient_descent():
         warnings.simplefilter("ignore")  # 60 features, ~50 learnable
         feature_theory = LinearSSLTheory.from_views(f0, f1)
     W0 = scale * feature_theory.eigenvectors[:, :d].T
-    steps, eigenvalues, _, _ = gradient_descent(f0, f1, W0, lr, int(predicted.max() * 1.3))
+    steps, eigenvalues, losses, _ = gradient_descent(f0, f1, W0, lr, int(predicted.max() * 1.6))
     np.testing.assert_allclose(half_crossings(steps, eigenvalues), predicted, rtol=0.01)
+    # the whole staircase: each eigenvalue's logistic rise and its plateau at 1
+    trajectories = kernel_theory.eigenvalue_trajectories(steps, lr, d, init_scale=scale)
+    np.testing.assert_allclose(np.sort(trajectories, axis=1)[:, ::-1], eigenvalues, atol=0.04)
+    np.testing.assert_allclose(eigenvalues[-1], 1.0, atol=0.02)
+    assert losses[-1] < 0.01
+
+
+def test_kernel_theory_predicts_an_rbf_kernel_machine_from_a_small_random_start():
+    # No features at all: a Gaussian-kernel machine trained by GD in function space from random initial
+    # outputs F0 (a draw of a small random function, N(0, K) per output: not aligned with any mode)
+    x0, x1 = views(n=150, m=4, seed=12, scales=[2.0, 1.2, 0.7, 0.4])
+    kernel = rbf_kernel(np.concatenate([x0, x1]), length=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the smallest RBF eigenvalues are rounding: unlearnable
+        theory = LinearSSLTheory.from_kernel(kernel)
+    d = 3
+    values, vectors = np.linalg.eigh(kernel)
+    rng = np.random.default_rng(13)
+    F0 = 1e-4 * (vectors * np.sqrt(np.maximum(values, 0))) @ rng.standard_normal((len(kernel), d))
+    lr = 0.02 / theory.gammas[0]
+    predicted = theory.step_times(lr, F0=F0)
+    steps, eigenvalues, losses, _ = kernel_gradient_descent(kernel, F0, lr, int(predicted.max() * 1.6))
+    np.testing.assert_allclose(half_crossings(steps, eigenvalues), np.sort(predicted), rtol=0.02)
+    trajectories = np.sort(theory.eigenvalue_trajectories(steps, lr, F0=F0), axis=1)[:, ::-1]
+    np.testing.assert_allclose(trajectories, eigenvalues, atol=0.05)
+    np.testing.assert_allclose(eigenvalues[-1], 1.0, atol=0.02)  # each mode plateaus at λ = 1
+    assert_staircase(steps, losses, predicted, d)
+    # the QR route matters: the plain init-scale guess (s_j = the entries' scale) is clearly worse
+    observed = half_crossings(steps, eigenvalues)
+    naive = np.sort(theory.step_times(lr, d=d, init_scale=float(np.std(F0))))
+    assert np.max(np.abs(naive / observed - 1)) > 5 * np.max(np.abs(np.sort(predicted) / observed - 1))
 
 
 def test_empirical_ntk_of_linear_models_and_a_network():
@@ -230,8 +305,13 @@ def test_unlearnable_modes_are_reported():
     with pytest.warns(UserWarning, match="1 of 4 modes have γ ≤ 0"):
         theory = LinearSSLTheory.from_views(x0, x1)
     assert theory.learnable == 3 and theory.gammas[-1] < 0
-    times = theory.step_times(0.01, d=4, init_scale=1e-3)
+    lr = 0.01
+    times = theory.step_times(lr, d=4, init_scale=1e-3)
     assert np.isinf(times[3]) and np.all(np.isfinite(times[:3]))
+    # in gradient descent the three modes with γ > 0 are learned and the anti-correlated one shrinks
+    steps, eigenvalues, _, _ = gradient_descent(x0, x1, 1e-3 * theory.eigenvectors.T, lr, int(times[:3].max() * 2))
+    np.testing.assert_allclose(half_crossings(steps, eigenvalues[:, :3]), np.sort(times[:3]), rtol=0.02)
+    assert np.all(eigenvalues[:, 3] < 0) and abs(eigenvalues[-1, 3]) < 0.5 * abs(eigenvalues[0, 3])
     with pytest.raises(ValueError, match="only 3 modes have γ > 0"):
         theory.final_embedding(4)
 
@@ -263,7 +343,8 @@ def test_bad_views_and_kernels_are_refused():
         LinearSSLTheory.from_kernel(-np.eye(4))
 
 
-def test_kernel_qr_route_from_initial_outputs_equals_the_feature_qr_route():
+def test_kernel_qr_route_from_initial_outputs_predicts_a_random_feature_model():
+    # f(x) = W φ(x) with random Fourier features, small random W0; the kernel theory gets only K = ΦΦᵀ and F0
     x0, x1 = views(n=150, m=4, seed=8)
     rng = np.random.default_rng(9)
     omega, phase = rng.standard_normal((4, 40)), rng.uniform(0, 2 * np.pi, 40)
@@ -273,12 +354,17 @@ def test_kernel_qr_route_from_initial_outputs_equals_the_feature_qr_route():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         by_kernel = LinearSSLTheory.from_kernel(features @ features.T)
-        by_features = LinearSSLTheory.from_views(f0, f1)
-    lr = 0.02 / by_features.gammas[0]
+    lr = 0.02 / by_kernel.gammas[0]
     predicted = by_kernel.step_times(lr, F0=features @ W0.T)  # only the outputs, no weights
-    np.testing.assert_allclose(predicted, by_features.step_times(lr, W0=W0), rtol=1e-6)
-    steps, eigenvalues, _, _ = gradient_descent(f0, f1, W0, lr, int(predicted.max() * 1.3))
+    steps, eigenvalues, losses, _ = gradient_descent(f0, f1, W0, lr, int(predicted.max() * 1.6))
     np.testing.assert_allclose(half_crossings(steps, eigenvalues), np.sort(predicted), rtol=0.03)
+    trajectories = np.sort(by_kernel.eigenvalue_trajectories(steps, lr, F0=features @ W0.T), axis=1)[:, ::-1]
+    np.testing.assert_allclose(trajectories, eigenvalues, atol=0.05)
+    np.testing.assert_allclose(eigenvalues[-1], 1.0, atol=0.02)
+    assert_staircase(steps, losses, predicted, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_features = LinearSSLTheory.from_views(f0, f1)
     with pytest.raises(ValueError, match="F0 needs a kernel theory"):
         by_features.step_times(lr, F0=features @ W0.T)
     with pytest.raises(ValueError, match="F0 must be 2n × d"):

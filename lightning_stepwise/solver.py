@@ -1,0 +1,97 @@
+"""Eigensolves off the training loop: one pinned device-to-host copy, then ``eigvalsh`` in a worker thread.
+
+The training step only queues the copy (``non_blocking`` into pinned memory, marked by a CUDA event);
+the worker thread waits for the event and solves on the host. Nothing here makes the host wait for the
+device on the training thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_stepwise.spectrum import ProblemLayout, SpectrumProblem, SpectrumSummary, summarize_spectrum
+
+__all__ = ["HostSolver", "SolvedSpectrum"]
+
+
+@dataclass(frozen=True)
+class SolvedSpectrum:
+    """One problem's result: all eigenvalues (descending), its sample and skipped-batch counts, summaries."""
+
+    eigenvalues: np.ndarray
+    samples: float
+    skipped: float
+    summary: SpectrumSummary
+
+
+def _copy_to_host(flat: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    if flat.device.type != "cuda":
+        return flat, None
+    host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _solve(layouts: Mapping[str, ProblemLayout], flat: Tensor, event: torch.cuda.Event | None,
+           extra: int) -> tuple[dict[str, SolvedSpectrum], np.ndarray]:
+    if event is not None:
+        event.synchronize()  # this thread waits; the training loop does not
+    solved: dict[str, SolvedSpectrum] = {}
+    offset = 0
+    for name, layout in layouts.items():
+        problem = layout.from_flat(flat[offset: offset + layout.flat_size])
+        offset += layout.flat_size
+        eigenvalues = problem.solve()
+        solved[name] = SolvedSpectrum(eigenvalues=eigenvalues.numpy(), samples=float(problem.samples),
+                                      skipped=float(problem.skipped if problem.skipped is not None else 0.0),
+                                      summary=summarize_spectrum(eigenvalues))
+    return solved, flat[offset: offset + extra].numpy().copy()
+
+
+class HostSolver:
+    """Solve :class:`~lightning_stepwise.spectrum.SpectrumProblem` objects in one worker thread.
+
+    ``submit`` returns a future of ``({name: SolvedSpectrum}, extra values)``: the extra float64 values
+    (e.g. the window's mean loss) travel in the same copy.
+
+    Examples:
+        >>> solver = HostSolver()
+        >>> problem = SpectrumProblem(torch.eye(2, dtype=torch.float64), divisor=torch.tensor(1.0),
+        ...                           samples=torch.tensor(4.0), dim=2)
+        >>> solved, extra = solver.submit({"head": problem}, torch.tensor([0.5])).result()
+        >>> solved["head"].eigenvalues.tolist(), extra.tolist()
+        ([1.0, 1.0], [0.5])
+        >>> solver.shutdown()
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, None]:
+        return {"_pool": None}  # a worker thread does not travel; a new one starts on the next submit
+
+    def submit(self, problems: Mapping[str, SpectrumProblem],
+               extra: Tensor | None = None) -> Future[tuple[dict[str, SolvedSpectrum], np.ndarray]]:
+        """Queue the copy of ``problems`` (and ``extra``) to the host and their solve; returns at once."""
+        device = next(iter(problems.values())).matrix.device
+        extra = torch.zeros(0, dtype=torch.float64, device=device) if extra is None else extra
+        flat = torch.cat([*(p.flat().to(device) for p in problems.values()),
+                          extra.reshape(-1).to(device=device, dtype=torch.float64)])
+        host, event = _copy_to_host(flat)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepwise-eigensolve")
+        return self._pool.submit(_solve, {n: p.layout() for n, p in problems.items()}, host, event, extra.numel())
+
+    def shutdown(self) -> None:
+        """Wait for the queued solves and end the worker thread (a new one starts on the next submit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,222 @@
+"""One tracking point inside a :class:`~lightning_stepwise.SpectrumTracker`: its shape, accumulator and records.
+
+The tracker owns the schedule (when windows open and close); a :class:`TrackedPoint` owns what is per point:
+checking a batch's rows, agreeing across ranks on the width and rows per batch once, choosing the
+accumulator for a window, the history, the onsets and their checkpoint state.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_stepwise.accumulators import (
+    CovarianceMoments,
+    CovarianceRows,
+    CrossCorrelationSums,
+    WindowAccumulator,
+    accumulator_from_state,
+)
+from lightning_stepwise.capture import to_embedding_rows
+from lightning_stepwise.distributed import all_gather_cat, distributed_world_size
+from lightning_stepwise.history import SpectrumHistory
+from lightning_stepwise.onsets import ONSET_COLUMNS, OnsetTracker
+from lightning_stepwise.problems import ProblemCounter
+from lightning_stepwise.spectrum import uses_gram_route
+
+__all__ = ["PointSpec", "TrackedPoint"]
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """A tracking point as the tracker knows it: its name and whether rows are L2-normalised first.
+
+    Examples:
+        >>> PointSpec("criterion", normalize=True)
+        PointSpec(name='criterion', normalize=True)
+    """
+
+    name: str
+    normalize: bool = False
+
+
+class TrackedPoint:
+    """The per-point state of a tracker: agreed shape, the open window's accumulator, history and onsets.
+
+    Args:
+        spec: the point's name and normalisation.
+        max_history: rows of history kept before it thins itself.
+        onset_options: options of :class:`~lightning_stepwise.onsets.OnsetTracker`.
+        problems: the tracker's counter, where skipped batches and empty windows are reported.
+
+    Examples:
+        >>> from lightning_stepwise.problems import ProblemCounter
+        >>> point = TrackedPoint(PointSpec("head"), problems=ProblemCounter("example"))
+        >>> rows = point.usable_rows([torch.randn(8, 4)], window_step=0, spectrum="covariance")
+        >>> point.begin(rows, window_size=32, spectrum="covariance")
+        >>> point.dim, point.rows_per_batch, point.batches_needed(32)
+        (4, 8, 4)
+    """
+
+    def __init__(self, spec: PointSpec, *, max_history: int = 10_000,
+                 onset_options: Mapping[str, Any] | None = None, problems: ProblemCounter) -> None:
+        self.spec = spec
+        self.history = SpectrumHistory(max_history)
+        self.onset_options = dict(onset_options or {})
+        self.onsets = OnsetTracker(**self.onset_options)
+        self.problems = problems
+        # agreed across ranks at the first batch that brought rows anywhere
+        self.dim: int | None = None
+        self.rows_per_batch = 0
+        self.rank_rows = 0
+        self.float64 = False
+        self.disabled = False
+        self.accumulator: WindowAccumulator | None = None
+        self.skipped_counted = 0
+
+    @property
+    def name(self) -> str:
+        """The point's name."""
+        return self.spec.name
+
+    def batches_needed(self, window_size: int) -> int:
+        """Whole batches (all ranks) a window of ``window_size`` samples takes at the agreed rows per batch."""
+        return math.ceil(window_size / max(self.rows_per_batch, 1))
+
+    def usable_rows(self, tensors: Sequence[Tensor], *, window_step: int, spectrum: str) -> Tensor | None:
+        """The batch's rows, or None (counted) when it brought none or unusable ones."""
+        name = self.name
+        if self.disabled:
+            return None
+        rows, notes = to_embedding_rows(tensors) if tensors else (None, [])
+        for key, message in notes:
+            if key != "no_rows":
+                self.problems.warn(f"{name}:{key}", f"{name}: {message}")
+        if rows is None:
+            if self.dim is not None:
+                self.problems.report("empty_batches", f"`{name}` captured no embeddings in a batch of the window "
+                                     f"at step {window_step}", key=f"{name}:empty")
+            return None
+        if self.dim is not None and rows.shape[1] != self.dim:
+            self.problems.report("malformed_batches", f"`{name}`: embedding width changed from {self.dim} to "
+                                 f"{rows.shape[1]}; batch skipped", key=f"{name}:width")
+            return None
+        if spectrum == "cross_correlation" and rows.shape[0] % 2:
+            self.problems.report("malformed_batches", f"`{name}` captured {rows.shape[0]} rows in a batch, not two "
+                                 "views of equal size: no cross-correlation for this batch", key=f"{name}:odd")
+            return None
+        if self.problems.strict and not bool(torch.isfinite(rows).all()):
+            raise RuntimeError(f"{self.problems.owner} (strict=True): non-finite embeddings at `{name}`")
+        return rows
+
+    def begin(self, rows: Tensor | None, *, window_size: int, spectrum: str, window_step: int = 0,
+              device: torch.device | None = None) -> None:
+        """A window's first batch: agree on the shape once (all ranks), make and start the accumulator."""
+        if self.disabled:
+            return
+        if self.dim is None:
+            self._agree(rows, device)
+            if self.dim is None:
+                if not self.disabled:
+                    self.problems.report(
+                        "empty_windows", f"`{self.name}` produced no embeddings in the first batch of the window "
+                        f"at step {window_step}: it was not called in the training step, or its output is not a "
+                        "(batch, dim) floating tensor; no spectrum for this window. Point the monitor at the "
+                        "embeddings with module=... or embedding_fn=...", key=f"{self.name}:no_rows")
+                return
+        device = device or (rows.device if rows is not None else torch.device("cpu"))
+        acc: WindowAccumulator
+        if spectrum == "cross_correlation":
+            acc = CrossCorrelationSums(self.dim, normalize=self.spec.normalize, device=device)
+        elif uses_gram_route(window_size, self.dim):
+            # whole batches, as the other routes take them: the rows one process seeing the global batch has
+            acc = CovarianceRows(self.dim, capacity=self.batches_needed(window_size) * self.rank_rows,
+                                 normalize=self.spec.normalize,
+                                 dtype=torch.float64 if self.float64 else torch.float32, device=device)
+        else:
+            acc = CovarianceMoments(self.dim, normalize=self.spec.normalize, device=device)
+        acc.begin(rows)
+        if rows is not None:
+            acc.update(rows)
+        self.accumulator = acc
+
+    def add(self, rows: Tensor | None, device: torch.device | None = None) -> None:
+        """A later batch of the open window."""
+        if self.accumulator is None:
+            return
+        if device is not None and self.accumulator.device != device:
+            self.accumulator.to(device)  # restored from a checkpoint on the CPU
+        if rows is not None:
+            self.accumulator.update(rows)
+
+    def _agree(self, rows: Tensor | None, device: torch.device | None) -> None:
+        """Rows per batch over all ranks, the most on one rank, the width and precision (a host read under DDP)."""
+        local = [float(rows.shape[0]), float(rows.shape[1]), float(rows.dtype == torch.float64)] if rows is not None \
+            else [0.0, 0.0, 0.0]
+        if distributed_world_size() > 1:
+            device = device or (rows.device if rows is not None else torch.device("cpu"))
+            table = all_gather_cat(torch.tensor([local], dtype=torch.float64, device=device)).tolist()
+        else:
+            table = [local]
+        dims = {int(d) for n, d, _ in table if n > 0}
+        if len(dims) > 1:
+            self.disabled = True
+            self.problems.warn(f"{self.name}:ranks", f"`{self.name}`: processes captured embeddings of different "
+                               f"widths {sorted(dims)}; this point is not measured")
+            return
+        if dims:
+            self.dim = dims.pop()
+            self.rows_per_batch = int(sum(n for n, _, _ in table))
+            self.rank_rows = int(max(n for n, _, _ in table))
+            self.float64 = any(f > 0 for n, _, f in table if n > 0)
+
+    def update_onsets(self) -> list[dict[str, float]]:
+        """Run onset detection on the history; the modes newly learned (a failure is counted, not raised)."""
+        arrays = self.history.as_arrays()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self.onsets.update(arrays["step"], arrays["eigenvalues"], epochs=arrays["epoch"],
+                                          times=arrays["time"])
+        except Exception as err:
+            if self.problems.strict:
+                raise
+            self.problems.report("failed_onset_updates", f"onset detection failed ({err}); modes_learned is not "
+                                 "updated")
+            return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, onsets, agreed shape and every rank's partial window (a collective under DDP)."""
+        records = [self.onsets.records[m] for m in sorted(self.onsets.records)]
+        return {
+            "history": self.history.state_dict(),
+            "onsets": torch.tensor([[float(r[c]) for c in ONSET_COLUMNS] for r in records],
+                                   dtype=torch.float64).reshape(-1, len(ONSET_COLUMNS)),
+            "onset_columns": list(ONSET_COLUMNS), "onset_tracker": self.onsets.state_dict(),
+            "dim": self.dim, "rows_per_batch": self.rows_per_batch, "rank_rows": self.rank_rows,
+            "float64": self.float64, "disabled": self.disabled, "skipped_counted": self.skipped_counted,
+            "accumulators": None if self.accumulator is None else self.accumulator.rank_state_dicts(),
+        }
+
+    def load_state_dict(self, saved: Mapping[str, Any], *, same_world: bool, rank: int) -> bool:
+        """Restore :meth:`state_dict`; returns False when a partial window had to be dropped (world changed)."""
+        self.history.load_state_dict(saved["history"])
+        records = [dict(zip(saved["onset_columns"], row, strict=True)) for row in saved["onsets"].tolist()]
+        self.onsets = OnsetTracker(**self.onset_options)
+        self.onsets.load_state_dict(saved["onset_tracker"], records)
+        self.skipped_counted = int(saved["skipped_counted"])
+        self.accumulator = None
+        if not same_world:  # the agreement holds for the same ranks; a new world agrees again
+            return saved["accumulators"] is None
+        self.dim, self.rows_per_batch = saved["dim"], int(saved["rows_per_batch"])
+        self.rank_rows = int(saved["rank_rows"])
+        self.float64, self.disabled = bool(saved["float64"]), bool(saved["disabled"])
+        if saved["accumulators"] is not None:
+            self.accumulator = accumulator_from_state(saved["accumulators"][rank])
+        return True
