@@ -2,8 +2,10 @@
 
 Auto-detection order (the first that exists wins):
 
-1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``): the inputs of
-   the prototype layer (the embeddings the loss compares with the prototypes, not the scores);
+1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``, or the
+   ``last_layer`` of a DINO-style projection head, whose outputs are scores against prototypes): the
+   inputs of the trainable prototype layer (the embeddings the loss compares with the prototypes, not
+   the scores; the student's, not the teacher's);
 2. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
 3. the output of a submodule named ``projection_head``;
 4. the output of a submodule named ``backbone`` (flattened).
@@ -11,8 +13,11 @@ Auto-detection order (the first that exists wins):
 Of the inputs of a loss (or prototype layer) only the *online* ones are measured: the tensors gradient
 flows back through. A momentum or teacher branch, a stop-gradient copy (``z.detach()``), a memory-bank
 sample or a parameter passed to the loss (a prototype matrix) is left out, so the covariance is that of
-one network's embeddings, not a mixture of two branches. ``EmbeddingTap.left_out`` counts what was left
-out, and why.
+one network's embeddings, not a mixture of two branches. A call made under ``torch.no_grad`` (a queue or
+momentum pass) is left out when the same training step also brought online tensors. Inputs of more than
+two dimensions are rows along their last dimension (``(batch, views, dim)`` gives ``batch * views`` rows
+of ``dim``); inputs of another number of dimensions than the first are left out. ``EmbeddingTap.left_out``
+counts what was left out, and why.
 
 Hooks only copy detached tensors while a measurement window is open; they never change inputs or
 outputs, so no gradient flows through the capture and training is unchanged.
@@ -39,6 +44,7 @@ __all__ = [
     "flatten_tensors",
     "is_lightly_loss",
     "loss_normalizes_inputs",
+    "embedding_rows_of_input",
     "online_tensors",
     "to_embedding_rows",
 ]
@@ -162,8 +168,27 @@ def _resolve_path(pl_module: nn.Module, path: str) -> TrackingPoint:
     return TrackingPoint(path, source, module)
 
 
-def _is_prototype_layer(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("lightly.") and type(module).__name__.endswith("Prototypes")
+def _is_lightly(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("lightly.")
+
+
+def _prototype_layer(pl_module: nn.Module) -> tuple[str, nn.Module] | None:
+    """The shallowest trainable Lightly prototype layer: ``*Prototypes``, or a DINO-style head's ``last_layer``."""
+    found = []
+    for name, m in pl_module.named_modules():
+        parent, _, leaf = name.rpartition(".")
+        if not name:
+            continue
+        if _is_lightly(m) and type(m).__name__.endswith("Prototypes"):
+            found.append((name, m))
+        elif leaf == "last_layer" and parent:
+            head = pl_module.get_submodule(parent)
+            if _is_lightly(head) and type(head).__name__.endswith("ProjectionHead"):
+                found.append((name, m))
+    # the student's layer, not the teacher's copy (whose parameters do not require grad)
+    trainable = [(n, m) for n, m in found if any(p.requires_grad for p in m.parameters())]
+    candidates = trainable or found
+    return min(candidates, key=lambda nm: nm[0].count(".")) if candidates else None
 
 
 def _first_named(pl_module: nn.Module, predicate: Callable[[str, nn.Module], bool]) -> tuple[str, nn.Module] | None:
@@ -211,7 +236,7 @@ def find_tracking_points(
                 f"StepwiseMonitor found {len(losses)} Lightly losses ({', '.join(f'`{n}`' for n, _ in losses)}) and "
                 f"measures the inputs of `{found[0]}`; pass StepwiseMonitor(module=\"<name>\") to choose, or a list "
                 "of names to measure several", StepwiseWarning, stacklevel=2)
-        prototypes = _first_named(pl_module, lambda _name, m: _is_prototype_layer(m))
+        prototypes = _prototype_layer(pl_module)
         if prototypes is not None:  # the loss compares prototype scores: measure what is scored
             return [TrackingPoint(prototypes[0], "module_inputs", prototypes[1])]
         return [TrackingPoint(found[0], "loss_inputs", found[1])]
@@ -300,7 +325,9 @@ def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tu
                 problems.append((
                     "flattened",
                     f"embeddings of shape {tuple(t.shape)} are flattened to "
-                    f"{(t.shape[0], t[0].numel())}; point the monitor at a pooled output to avoid this",
+                    f"{(t.shape[0], t[0].numel())}; if these are not embeddings (patch or pixel predictions), point "
+                    "the monitor at them with StepwiseMonitor(module=\"<dotted.path>\") or embedding_fn=..., "
+                    "or at a pooled output",
                 ))
             t = t.flatten(1)
         if width is None:
@@ -322,9 +349,42 @@ def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tu
 
 
 _LEFT_OUT_REASONS = {
-    "no_gradient": "without gradient (a momentum or teacher branch, a stop-gradient copy or a memory-bank sample)",
+    "no_gradient": "without gradient (a momentum or teacher branch, a stop-gradient copy, a memory-bank sample "
+                   "or a parameter's `.data`)",
     "parameter": "parameter(s)",
+    "no_grad_call": "from calls under torch.no_grad() (a queue or momentum pass)",
+    "other_shape": "of another number of dimensions than the first",
 }
+
+
+def embedding_rows_of_input(tensors: Sequence[Tensor], left_out: Counter[str] | None = None) -> list[Tensor]:
+    """Loss inputs as rows of the embedding space: every vector along the last dimension is one embedding.
+
+    ``(batch, dim)`` stays as it is; ``(batch, views, dim)`` or ``(views, batch, dim)`` become
+    ``(batch * views, dim)`` rows. Tensors with another number of dimensions than the first (local
+    feature maps beside global embeddings) are left out and counted as ``"other_shape"``.
+
+    Examples:
+        >>> rows = embedding_rows_of_input([torch.ones(4, 3, 8)])
+        >>> [tuple(r.shape) for r in rows]
+        [(12, 8)]
+        >>> left_out = Counter()
+        >>> [tuple(r.shape) for r in embedding_rows_of_input([torch.ones(4, 8), torch.ones(4, 2, 2, 8)], left_out)]
+        [(4, 8)]
+        >>> dict(left_out)
+        {'other_shape': 1}
+    """
+    if not tensors:
+        return []
+    ndim = tensors[0].ndim
+    rows = []
+    for t in tensors:
+        if t.ndim != ndim:
+            if left_out is not None:
+                left_out["other_shape"] += 1
+            continue
+        rows.append(t.reshape(-1, t.shape[-1]) if t.ndim > 2 else t)
+    return rows
 
 
 class EmbeddingTap:
@@ -351,6 +411,7 @@ class EmbeddingTap:
         #: Candidate tensors kept since attached.
         self.kept = 0
         self._captured: list[Tensor] = []
+        self._captured_with_grad: list[bool] = []
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def attach(self) -> EmbeddingTap:
@@ -370,14 +431,27 @@ class EmbeddingTap:
             self._handle.remove()
             self._handle = None
         self._captured.clear()
+        self._captured_with_grad.clear()
 
-    def add(self, tensors: Iterable[Tensor]) -> None:
-        """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs)."""
-        self._captured.extend(t.detach().clone() for t in tensors)
+    def add(self, tensors: Iterable[Tensor], *, with_grad: bool = True) -> None:
+        """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs).
+
+        ``with_grad=False`` marks tensors from a call under ``torch.no_grad``: :meth:`take` leaves them out
+        when the same step also brought tensors from calls with gradients.
+        """
+        copies = [t.detach().clone() for t in tensors]
+        self._captured.extend(copies)
+        self._captured_with_grad.extend([with_grad] * len(copies))
 
     def take(self) -> list[Tensor]:
-        """Everything captured since the last call."""
-        captured, self._captured = self._captured, []
+        """Everything captured since the last call (calls under ``no_grad`` only when nothing else came)."""
+        captured, with_grad = self._captured, self._captured_with_grad
+        self._captured, self._captured_with_grad = [], []
+        if any(with_grad) and not all(with_grad):
+            dropped = with_grad.count(False)
+            self.left_out["no_grad_call"] += dropped
+            self.kept -= dropped
+            return [t for t, g in zip(captured, with_grad, strict=True) if g]
         return captured
 
     def left_out_note(self) -> str | None:
@@ -389,10 +463,11 @@ class EmbeddingTap:
 
     def _on_loss_inputs(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.active:
-            online = online_tensors(flatten_tensors((args, kwargs)), self.left_out)
+            online = embedding_rows_of_input(online_tensors(flatten_tensors((args, kwargs)), self.left_out),
+                                             self.left_out)
             self.kept += len(online)
-            self.add(online)
+            self.add(online, with_grad=torch.is_grad_enabled())
 
     def _on_module_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         if self.active:
-            self.add(flatten_tensors(output)[:1])
+            self.add(flatten_tensors(output)[:1], with_grad=torch.is_grad_enabled())

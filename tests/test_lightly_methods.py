@@ -173,7 +173,67 @@ class DINO(Method):
         return self.criterion(teacher_out, student_out, epoch=self.current_epoch)
 
     def online(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self(x0), self(x1)])
+        # the student's embeddings that the last layer scores against its prototypes, not the scores
+        return torch.cat([unit(self.student_head.layers(self.student_backbone(x))) for x in (x0, x1)])
+
+
+class MMCR(Method):
+    """Several views stacked in one ``(batch, views, dim)`` tensor, and a momentum branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightly.loss import MMCRLoss
+        from lightly.models.modules import MMCRProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        self.backbone = mlp()
+        self.projection_head = MMCRProjectionHead(16, 32, 8)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = MMCRLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.backbone(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views = batch[0]
+        online = torch.stack([self(v) for v in views], dim=1)  # (batch, views, dim)
+        with torch.no_grad():
+            momentum = torch.stack([self.projection_head_momentum(self.backbone_momentum(v)) for v in views], dim=1)
+        return self.criterion(online, momentum)
+
+    def online(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self(x0), self(x1)], dim=1).reshape(-1, 8)
+
+
+class SwaVQueue(Method):
+    """SwaV with a queue: the queued features are scored by the same prototype layer under ``no_grad``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightly.loss import SwaVLoss
+        from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+
+        self.backbone = mlp()
+        self.projection_head = SwaVProjectionHead(16, 32, 8)
+        self.prototypes = SwaVPrototypes(8, n_prototypes=10)
+        self.criterion = SwaVLoss(sinkhorn_iterations=3)
+        self.register_buffer("queue", nn.functional.normalize(torch.randn(40, 8), dim=1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.projection_head(self.backbone(x)), dim=1, p=2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.prototypes.normalize()
+        outputs = [self.prototypes(self.embed(v)) for v in batch[0]]
+        with torch.no_grad():
+            queue_outputs = [self.prototypes(self.queue)] * 2
+        return self.criterion(outputs[:2], outputs[2:], queue_outputs)
+
+    def online(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.embed(x0), self.embed(x1)])
 
 
 class MSN(Method):
@@ -234,7 +294,7 @@ class SwaV(Method):
         return torch.cat([self.embed(x0), self.embed(x1)])
 
 
-METHODS = {cls.__name__: cls for cls in (BYOL, SimSiam, MoCo, NNCLR, DINO, MSN, SwaV)}
+METHODS = {cls.__name__: cls for cls in (BYOL, SimSiam, MoCo, NNCLR, DINO, MMCR, MSN, SwaV, SwaVQueue)}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -267,3 +327,11 @@ def test_swav_measures_what_the_prototypes_score_not_the_scores():
     (point,) = monitor.tracking_points
     assert point.describe() == "the online inputs of `prototypes` (SwaVPrototypes)"
     assert monitor.history["eigenvalues"].shape[1] == 8  # the projection's width, not the 10 prototypes
+
+
+def test_dino_measures_the_students_embeddings_before_its_prototype_layer():
+    monitor = StepwiseMonitor(every_n_steps=1, window=8)
+    trainer("pytorch_lightning", max_steps=1, callbacks=[monitor]).fit(DINO(), pair_loader(n=32, batch_size=16))
+    (point,) = monitor.tracking_points
+    assert point.name == "student_head.last_layer"  # not the teacher's copy, not the 64 prototype scores
+    assert monitor.history["eigenvalues"].shape[1] == 8
