@@ -2,10 +2,10 @@
 
 Auto-detection order (the first that exists wins):
 
-1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``, or the
-   ``last_layer`` of a DINO-style projection head, whose outputs are scores against prototypes): the
-   inputs of the trainable prototype layer (the embeddings the loss compares with the prototypes, not
-   the scores; the student's, not the teacher's);
+1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``, the
+   ``last_layer`` of a DINO-style projection head, ``CAPIProjectionHead``: layers whose outputs are scores
+   against prototypes): the inputs of the trainable prototype layer (the embeddings the loss compares
+   with the prototypes, not the scores; the student's, not the teacher's or a momentum copy's);
 2. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
 3. the output of a submodule named ``projection_head``;
 4. the output of a submodule named ``backbone`` (flattened).
@@ -168,6 +168,11 @@ def _resolve_path(pl_module: nn.Module, path: str) -> TrackingPoint:
     return TrackingPoint(path, source, module)
 
 
+# Lightly heads that are themselves a prototype layer: their weights are the prototypes, their outputs scores.
+_PROTOTYPE_HEADS = frozenset({"CAPIProjectionHead"})
+_OTHER_BRANCH_WORDS = ("teacher", "momentum", "target", "ema")
+
+
 def _is_lightly(module: nn.Module) -> bool:
     return type(module).__module__.startswith("lightly.")
 
@@ -179,15 +184,17 @@ def _prototype_layer(pl_module: nn.Module) -> tuple[str, nn.Module] | None:
         parent, _, leaf = name.rpartition(".")
         if not name:
             continue
-        if _is_lightly(m) and type(m).__name__.endswith("Prototypes"):
+        if _is_lightly(m) and (type(m).__name__.endswith("Prototypes") or type(m).__name__ in _PROTOTYPE_HEADS):
             found.append((name, m))
         elif leaf == "last_layer" and parent:
             head = pl_module.get_submodule(parent)
             if _is_lightly(head) and type(head).__name__.endswith("ProjectionHead"):
                 found.append((name, m))
-    # the student's layer, not the teacher's copy (whose parameters do not require grad)
+    # the student's layer, not the teacher's copy (whose parameters do not require grad, or are named so)
     trainable = [(n, m) for n, m in found if any(p.requires_grad for p in m.parameters())]
     candidates = trainable or found
+    online = [(n, m) for n, m in candidates if not any(word in n for word in _OTHER_BRANCH_WORDS)]
+    candidates = online or candidates
     return min(candidates, key=lambda nm: nm[0].count(".")) if candidates else None
 
 

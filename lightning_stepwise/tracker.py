@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from lightning_stepwise.accumulators import CovarianceRows
-from lightning_stepwise.distributed import all_reduce_sum, distributed_rank, distributed_world_size
+from lightning_stepwise.distributed import all_gather_cat, all_reduce_sum, distributed_rank, distributed_world_size
 from lightning_stepwise.problems import PROBLEM_KINDS, ProblemCounter
 from lightning_stepwise.solver import HostSolver, SolvedSpectrum
 from lightning_stepwise.spectrum import SpectrumSummary
@@ -379,11 +379,17 @@ class SpectrumTracker:
             "points": {name: p.state_dict() for name, p in self._points.items()},
             "window": None if window is None else {
                 "step": window.step, "epoch": window.epoch, "time": window.time, "lr": window.lr,
-                "last_step": window.last_step, "batches": window.batches, "loss_count": window.loss_count,
-                "loss_sum": None if window.loss_sum is None else float(window.loss_sum),
+                "last_step": window.last_step, "batches": window.batches,
+                "rank_losses": self._rank_losses(window),  # [loss sum, batches] of every rank
                 "partial_measurement": window.partial_measurement,
             },
         }
+
+    def _rank_losses(self, window: _Window) -> list[list[float]]:
+        local = [math.nan if window.loss_sum is None else float(window.loss_sum), float(window.loss_count)]
+        if distributed_world_size() == 1:
+            return [local]
+        return all_gather_cat(torch.tensor([local], dtype=torch.float64, device=self.device or "cpu")).tolist()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; ``ValueError`` for a state of another version."""
@@ -413,8 +419,11 @@ class SpectrumTracker:
             self.last_opened_step = -1
             for p in self._points.values():
                 p.accumulator = None
-        self.window = None if w is None else _Window(
-            step=int(w["step"]), epoch=int(w["epoch"]), time=float(w["time"]), lr=float(w["lr"]),
-            last_step=int(w["last_step"]), batches=int(w["batches"]), loss_count=int(w["loss_count"]),
-            loss_sum=None if w["loss_sum"] is None else torch.tensor(w["loss_sum"], dtype=torch.float64),
-            partial_measurement=w["partial_measurement"])
+        self.window = None
+        if w is not None:
+            loss_sum, loss_count = w["rank_losses"][rank]
+            self.window = _Window(
+                step=int(w["step"]), epoch=int(w["epoch"]), time=float(w["time"]), lr=float(w["lr"]),
+                last_step=int(w["last_step"]), batches=int(w["batches"]), loss_count=int(loss_count),
+                loss_sum=None if math.isnan(loss_sum) else torch.tensor(loss_sum, dtype=torch.float64),
+                partial_measurement=w["partial_measurement"])

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,15 +42,20 @@ def main(out_dir: str, mode: str) -> None:
     pl.seed_everything(0, verbose=False)
     model = make_ssl_module(out_dim=80, batchnorm=True, lr=0.05)
     monitors = {name: StepwiseMonitor(every_n_steps=5, name=name, **options) for name, options in MONITORS.items()}
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out.parent / "ckpt", save_last=True, every_n_epochs=1,
-                                              save_top_k=0)
+    # each mode its own folder: Lightning names a second last.ckpt in one folder last-v1.ckpt, and the resumed run
+    # must load the first run's checkpoint, not the end of the whole run
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_epochs=1, save_top_k=0)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=1 if mode == "first" else 3,
         callbacks=[*monitors.values(), checkpoint, SaveHistories(out, monitors)], logger=False,
         enable_checkpointing=True, enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=out, deterministic=True,
     )
-    ckpt_path = out.parent / "ckpt" / "last.ckpt" if mode == "resumed" else None
+    ckpt_path = None
+    if mode == "resumed":
+        ckpt_path = out.parent / "first" / "ckpt" / "last.ckpt"
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        assert saved["global_step"] == 6, f"expected the first run's checkpoint at step 6, got {saved['global_step']}"
     trainer.fit(model, pair_loader(n=96, batch_size=8), ckpt_path=ckpt_path)
 
 
