@@ -42,7 +42,12 @@ else:
 
 
 class TrainerLike(Protocol):
-    """What the callbacks read from a Trainer of either namespace."""
+    """What the callbacks read from a Trainer of either namespace (a typing protocol, for annotations).
+
+    Examples:
+        >>> def steps_done(trainer: TrainerLike) -> int:
+        ...     return trainer.global_step
+    """
 
     global_step: int
     current_epoch: int

@@ -208,7 +208,13 @@ def final_onset_table(
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files :func:`write_run_files` wrote (``None`` where it wrote none) and the figure it drew."""
+    """The files :func:`write_run_files` wrote (``None`` where it wrote none) and the figure it drew.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> RunFiles(Path("onsets.csv"), Path("onsets.json")).figure_path is None
+        True
+    """
 
     onsets_csv: Path
     onsets_json: Path

@@ -22,7 +22,14 @@ __all__ = ["HostSolver", "SolvedSpectrum"]
 
 @dataclass(frozen=True)
 class SolvedSpectrum:
-    """One problem's result: all eigenvalues (descending), its sample and skipped-batch counts, summaries."""
+    """One problem's result: all eigenvalues (descending), its sample and skipped-batch counts, summaries.
+
+    Examples:
+        >>> from lightning_stepwise.spectrum import summarize_spectrum
+        >>> values = np.array([2.0, 1.0])
+        >>> SolvedSpectrum(values, samples=8, skipped=0, summary=summarize_spectrum(torch.from_numpy(values))).samples
+        8
+    """
 
     eigenvalues: np.ndarray
     samples: float

@@ -50,7 +50,17 @@ STATE_VERSION = 3  # 3: per-rank window statistics, problem counts (2: one rank'
 
 @dataclass(frozen=True)
 class Measurement:
-    """One recorded spectrum of one tracking point (what loggers and the progress bar are sent)."""
+    """One recorded spectrum of one tracking point (what loggers and the progress bar are sent).
+
+    Examples:
+        >>> tracker = SpectrumTracker(["head"], every_n_steps=1, window=8)
+        >>> for step in range(2):
+        ...     _ = tracker.start_batch(step)
+        ...     tracker.end_batch({"head": [torch.randn(8, 3)]})
+        >>> tracker.finish(2)
+        >>> [(m.point, m.step, m.samples) for m in tracker.take_recorded()]
+        [('head', 0, 8), ('head', 1, 8)]
+    """
 
     point: str
     step: int

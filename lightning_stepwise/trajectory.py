@@ -98,7 +98,12 @@ def running_median(values: np.ndarray, rows: int) -> np.ndarray:
 
 
 def level_crossing(steps: np.ndarray, values: np.ndarray, level: float, first: int, last: int) -> float:
-    """Where ``values[first..last]`` (a noisy rise) crosses ``level``: the best step split, interpolated."""
+    """Where ``values[first..last]`` (a noisy rise) crosses ``level``: the best step split, interpolated.
+
+    Examples:
+        >>> level_crossing(np.arange(4.0), np.array([0.0, 0.0, 2.0, 2.0]), 1.0, 0, 3)
+        1.5
+    """
     segment = values[first : last + 1]
     above = segment >= level
     if above[0]:
