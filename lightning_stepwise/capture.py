@@ -238,15 +238,19 @@ def find_tracking_points(
     losses = [(name, m) for name, m in pl_module.named_modules() if name and is_outer_loss(name, m)]
     found = _first_named(pl_module, is_outer_loss)
     if found is not None:
-        if len(losses) > 1:
-            warnings.warn(
-                f"StepwiseMonitor found {len(losses)} Lightly losses ({', '.join(f'`{n}`' for n, _ in losses)}) and "
-                f"measures the inputs of `{found[0]}`; pass StepwiseMonitor(module=\"<name>\") to choose, or a list "
-                "of names to measure several", StepwiseWarning, stacklevel=2)
         prototypes = _prototype_layer(pl_module)
         if prototypes is not None:  # the loss compares prototype scores: measure what is scored
-            return [TrackingPoint(prototypes[0], "module_inputs", prototypes[1])]
-        return [TrackingPoint(found[0], "loss_inputs", found[1])]
+            point = TrackingPoint(prototypes[0], "module_inputs", prototypes[1])
+        else:
+            point = TrackingPoint(found[0], "loss_inputs", found[1])
+        if len(losses) > 1:
+            shared = " (a layer more than one of them may use, e.g. for class and patch tokens)" \
+                if prototypes is not None else ""
+            warnings.warn(
+                f"StepwiseMonitor found {len(losses)} Lightly losses ({', '.join(f'`{n}`' for n, _ in losses)}) and "
+                f"measures {point.describe()}{shared}; pass StepwiseMonitor(module=\"<name>\") to choose, or a "
+                "list of names to measure several", StepwiseWarning, stacklevel=2)
+        return [point]
     for wanted in _AUTO_MODULE_NAMES:
         found = _first_named(pl_module, lambda name, _m, wanted=wanted: name.rpartition(".")[2] == wanted)
         if found is not None:

@@ -17,7 +17,7 @@ import torch
 from helpers import pair_loader, pl_namespace, reference_eigenvalues, trainer
 from torch import nn
 
-from lightning_stepwise import StepwiseMonitor
+from lightning_stepwise import StepwiseMonitor, StepwiseWarning
 
 pl = pl_namespace("pytorch_lightning")  # Lightly's examples use this namespace
 
@@ -335,3 +335,14 @@ def test_dino_measures_the_students_embeddings_before_its_prototype_layer():
     (point,) = monitor.tracking_points
     assert point.name == "student_head.last_layer"  # not the teacher's copy, not the 64 prototype scores
     assert monitor.history["eigenvalues"].shape[1] == 8
+
+
+def test_several_lightly_losses_warn_naming_what_is_measured_and_module():
+    from lightly.loss import KoLeoLoss
+
+    model = DINO()
+    model.koleo_criterion = KoLeoLoss()  # DINOv2's shape: a second Lightly loss beside DINOLoss
+    with pytest.warns(StepwiseWarning, match=r"found 2 Lightly losses \(`criterion`, `koleo_criterion`\) and "
+                      r"measures the online inputs of `student_head.last_layer`.*module="):
+        trainer("pytorch_lightning", max_steps=1, callbacks=[StepwiseMonitor(every_n_steps=1, window=8)]).fit(
+            model, pair_loader(n=32, batch_size=16))
