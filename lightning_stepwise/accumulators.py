@@ -23,7 +23,6 @@ current stream and the host does not wait for them.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -373,12 +372,3 @@ def accumulator_from_state(state: dict[str, Any], device: torch.device | str | N
         acc.load(name, value)
     return acc
 
-
-def window_capacity(window: int, rows_per_step: int) -> int:
-    """Batches a window of ``window`` samples needs when each step brings ``rows_per_step`` rows (all ranks).
-
-    Examples:
-        >>> window_capacity(1024, 96)
-        11
-    """
-    return math.ceil(window / max(rows_per_step, 1))
