@@ -59,9 +59,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_stepwise import StepwiseMonitor
-from lightning_stepwise.capture import EmbeddingTap
 from lightning_stepwise.data import digits_dataloader
 from lightning_stepwise.demo import DigitsBarlowTwins
+from lightning_stepwise.embedding_tap import EmbeddingTap
 
 MODES = {
     "resident": "resident (GPU-bound): views resident on the device, no host data path",

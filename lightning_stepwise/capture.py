@@ -5,7 +5,9 @@ Auto-detection order (the first that exists wins):
 1. with a loss from ``lightly.loss`` and a Lightly prototype layer (``SwaVPrototypes``, the
    ``last_layer`` of a DINO-style projection head, ``CAPIProjectionHead``: layers whose outputs are scores
    against prototypes): the inputs of the trainable prototype layer (the embeddings the loss compares
-   with the prototypes, not the scores; the student's, not the teacher's or a momentum copy's);
+   with the prototypes, not the scores; the student's, not the teacher's or a momentum copy's). Only the
+   layer's calls whose output reaches the loss are kept (traced through views, ``torch.cat`` and
+   ``chunk``), so patch tokens that the same head scores for another loss (iBOT, DINOv2) are left out;
 2. the inputs of a loss module from ``lightly.loss`` (the embeddings exactly as the loss sees them);
 3. the output of a submodule named ``projection_head``;
 4. the output of a submodule named ``backbone`` (flattened).
@@ -37,14 +39,12 @@ from torch import Tensor, nn
 from lightning_stepwise.problems import StepwiseWarning
 
 __all__ = [
-    "EmbeddingTap",
     "NoEmbeddingFoundError",
     "TrackingPoint",
     "find_tracking_points",
     "flatten_tensors",
     "is_lightly_loss",
     "loss_normalizes_inputs",
-    "embedding_rows_of_input",
     "online_tensors",
     "to_embedding_rows",
 ]
@@ -120,6 +120,8 @@ class TrackingPoint:
     name: str
     source: Source
     module: nn.Module | None = None
+    #: For a prototype layer: the loss its scores feed; only calls whose output reaches this loss are kept.
+    loss: nn.Module | None = None
 
     @property
     def loss_normalizes(self) -> bool:
@@ -240,12 +242,11 @@ def find_tracking_points(
     if found is not None:
         prototypes = _prototype_layer(pl_module)
         if prototypes is not None:  # the loss compares prototype scores: measure what is scored
-            point = TrackingPoint(prototypes[0], "module_inputs", prototypes[1])
+            point = TrackingPoint(prototypes[0], "module_inputs", prototypes[1], loss=found[1])
         else:
             point = TrackingPoint(found[0], "loss_inputs", found[1])
         if len(losses) > 1:
-            shared = " (a layer more than one of them may use, e.g. for class and patch tokens)" \
-                if prototypes is not None else ""
+            shared = f" (only its calls whose output reaches `{found[0]}`)" if prototypes is not None else ""
             warnings.warn(
                 f"StepwiseMonitor found {len(losses)} Lightly losses ({', '.join(f'`{n}`' for n, _ in losses)}) and "
                 f"measures {point.describe()}{shared}; pass StepwiseMonitor(module=\"<name>\") to choose, or a "
@@ -357,128 +358,3 @@ def to_embedding_rows(tensors: Iterable[Tensor]) -> tuple[Tensor | None, list[tu
         ))
         return None, problems
     return (kept[0] if len(kept) == 1 else torch.cat(kept)), problems
-
-
-_LEFT_OUT_REASONS = {
-    "no_gradient": "without gradient (a momentum or teacher branch, a stop-gradient copy, a memory-bank sample "
-                   "or a parameter's `.data`)",
-    "parameter": "parameter(s)",
-    "no_grad_call": "from calls under torch.no_grad() (a queue or momentum pass)",
-    "other_shape": "of another number of dimensions than the first",
-}
-
-
-def embedding_rows_of_input(tensors: Sequence[Tensor], left_out: Counter[str] | None = None) -> list[Tensor]:
-    """Loss inputs as rows of the embedding space: every vector along the last dimension is one embedding.
-
-    ``(batch, dim)`` stays as it is; ``(batch, views, dim)`` or ``(views, batch, dim)`` become
-    ``(batch * views, dim)`` rows. Tensors with another number of dimensions than the first (local
-    feature maps beside global embeddings) are left out and counted as ``"other_shape"``.
-
-    Examples:
-        >>> rows = embedding_rows_of_input([torch.ones(4, 3, 8)])
-        >>> [tuple(r.shape) for r in rows]
-        [(12, 8)]
-        >>> left_out = Counter()
-        >>> [tuple(r.shape) for r in embedding_rows_of_input([torch.ones(4, 8), torch.ones(4, 2, 2, 8)], left_out)]
-        [(4, 8)]
-        >>> dict(left_out)
-        {'other_shape': 1}
-    """
-    if not tensors:
-        return []
-    ndim = tensors[0].ndim
-    rows = []
-    for t in tensors:
-        if t.ndim != ndim:
-            if left_out is not None:
-                left_out["other_shape"] += 1
-            continue
-        rows.append(t.reshape(-1, t.shape[-1]) if t.ndim > 2 else t)
-    return rows
-
-
-class EmbeddingTap:
-    """A forward hook on one tracking point that copies embeddings while ``active``.
-
-    Copies are detached clones (the model may modify its tensors in place later in the step).
-
-    Examples:
-        >>> head = torch.nn.Linear(4, 2)
-        >>> tap = EmbeddingTap(TrackingPoint("head", "module_output", head)).attach()
-        >>> _ = head(torch.ones(3, 4))        # inactive: nothing kept
-        >>> tap.active = True
-        >>> _ = head(torch.ones(5, 4))
-        >>> [tuple(t.shape) for t in tap.take()]
-        [(5, 2)]
-        >>> tap.remove()
-    """
-
-    def __init__(self, point: TrackingPoint) -> None:
-        self.point = point
-        self.active = False
-        #: Inputs left out as not online, by reason (see :func:`online_tensors`), since attached.
-        self.left_out: Counter[str] = Counter()
-        #: Candidate tensors kept since attached.
-        self.kept = 0
-        self._captured: list[Tensor] = []
-        self._captured_with_grad: list[bool] = []
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-
-    def attach(self) -> EmbeddingTap:
-        """Register the hook on the point's module (no-op for ``embedding_fn`` points)."""
-        module = self.point.module
-        if module is None or self._handle is not None:
-            return self
-        if self.point.source in ("loss_inputs", "module_inputs"):
-            self._handle = module.register_forward_pre_hook(self._on_loss_inputs, with_kwargs=True)
-        else:
-            self._handle = module.register_forward_hook(self._on_module_output)
-        return self
-
-    def remove(self) -> None:
-        """Remove the hook and drop anything captured."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._captured.clear()
-        self._captured_with_grad.clear()
-
-    def add(self, tensors: Iterable[Tensor], *, with_grad: bool = True) -> None:
-        """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs).
-
-        ``with_grad=False`` marks tensors from a call under ``torch.no_grad``: :meth:`take` leaves them out
-        when the same step also brought tensors from calls with gradients.
-        """
-        copies = [t.detach().clone() for t in tensors]
-        self._captured.extend(copies)
-        self._captured_with_grad.extend([with_grad] * len(copies))
-
-    def take(self) -> list[Tensor]:
-        """Everything captured since the last call (calls under ``no_grad`` only when nothing else came)."""
-        captured, with_grad = self._captured, self._captured_with_grad
-        self._captured, self._captured_with_grad = [], []
-        if any(with_grad) and not all(with_grad):
-            dropped = with_grad.count(False)
-            self.left_out["no_grad_call"] += dropped
-            self.kept -= dropped
-            return [t for t, g in zip(captured, with_grad, strict=True) if g]
-        return captured
-
-    def left_out_note(self) -> str | None:
-        """One line saying which loss inputs were left out as not online, or None when none were."""
-        if not self.left_out:
-            return None
-        reasons = ", ".join(f"{n} {_LEFT_OUT_REASONS[why]}" for why, n in sorted(self.left_out.items()))
-        return f"measuring {self.kept} online input tensor(s) of `{self.point.name}`; left out {reasons}."
-
-    def _on_loss_inputs(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.active:
-            online = embedding_rows_of_input(online_tensors(flatten_tensors((args, kwargs)), self.left_out),
-                                             self.left_out)
-            self.kept += len(online)
-            self.add(online, with_grad=torch.is_grad_enabled())
-
-    def _on_module_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        if self.active:
-            self.add(flatten_tensors(output)[:1], with_grad=torch.is_grad_enabled())

@@ -19,7 +19,8 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
-from lightning_stepwise.capture import EmbeddingTap, TrackingPoint, find_tracking_points
+from lightning_stepwise.capture import TrackingPoint, find_tracking_points
+from lightning_stepwise.embedding_tap import EmbeddingTap
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.lightning_compat import (
     Callback,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_stepwise.capture import EmbeddingTap
+from lightning_stepwise.embedding_tap import EmbeddingTap
 
 SYNCING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
                "_linalg_check_errors", "equal", "repeat_interleave", "_linalg_eigh", "_linalg_svd", "linalg_eig"}
@@ -127,7 +127,7 @@ def count_monitor_syncs(monitor: Any, cuda: bool = False) -> Iterator[SyncCounte
 
     for name in ("on_train_batch_start", "on_train_batch_end"):
         wrap_hook(name)
-    for name in ("_on_loss_inputs", "_on_module_output"):
+    for name in ("_on_loss_inputs", "_on_module_output", "_on_call_output", "_on_loss_call"):
         originals[name] = getattr(EmbeddingTap, name)
 
         def tap_hook(self: EmbeddingTap, *args: Any, _original: Any = originals[name]) -> Any:

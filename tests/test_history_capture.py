@@ -5,12 +5,12 @@ from lightly.loss import BarlowTwinsLoss, NTXentLoss, WMSELoss
 from torch import nn
 
 from lightning_stepwise.capture import (
-    EmbeddingTap,
     NoEmbeddingFoundError,
     TrackingPoint,
     find_tracking_points,
     to_embedding_rows,
 )
+from lightning_stepwise.embedding_tap import EmbeddingTap
 from lightning_stepwise.history import SpectrumHistory
 
 

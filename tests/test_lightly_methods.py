@@ -177,6 +177,24 @@ class DINO(Method):
         return torch.cat([unit(self.student_head.layers(self.student_backbone(x))) for x in (x0, x1)])
 
 
+class IBOT(DINO):
+    """iBOT's shape: the same student head scores the class embeddings (DINO loss) and patch tokens (a second loss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightly.loss import NegativeCosineSimilarity
+
+        self.patch_criterion = NegativeCosineSimilarity()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x0, x1 = batch[0]
+        patches = torch.cat([x0, x1]).repeat(3, 1) + 0.5  # stand-in patch tokens: more rows, other values
+        student_patches = self.student_head(self.student_backbone(patches))
+        with torch.no_grad():
+            teacher_patches = self.teacher_head(self.teacher_backbone(patches))
+        return super().training_step(batch, batch_idx) + self.patch_criterion(student_patches, teacher_patches)
+
+
 class MMCR(Method):
     """Several views stacked in one ``(batch, views, dim)`` tensor, and a momentum branch."""
 
@@ -294,7 +312,7 @@ class SwaV(Method):
         return torch.cat([self.embed(x0), self.embed(x1)])
 
 
-METHODS = {cls.__name__: cls for cls in (BYOL, SimSiam, MoCo, NNCLR, DINO, MMCR, MSN, SwaV, SwaVQueue)}
+METHODS = {cls.__name__: cls for cls in (BYOL, SimSiam, MoCo, NNCLR, DINO, IBOT, MMCR, MSN, SwaV, SwaVQueue)}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
