@@ -269,7 +269,8 @@ class SpectrumTracker:
             acc = p.accumulator
             if not partial and isinstance(acc, CovarianceRows) and acc.dropped_rows:
                 self.problems.report("dropped_rows", f"`{p.spec.name}`: {acc.dropped_rows} rows arrived after the "
-                                     "window's buffer was full (batches larger than the first one)",
+                                     "window's buffer was full (a batch brought more rows than the window's first: "
+                                     "a larger batch, or more calls of the tracked module)",
                                      count=acc.dropped_rows, key=f"{p.spec.name}:dropped")
             if world > 1:
                 if partial:  # a window kept open must keep this rank's own statistics for a resumed run
