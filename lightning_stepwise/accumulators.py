@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from lightning_stepwise.distributed import all_gather_cat, all_reduce_sum, distributed_world_size
+from lightning_stepwise.distributed import all_gather_cat, all_gather_floats, all_reduce_sum, distributed_world_size
 from lightning_stepwise.spectrum import SpectrumProblem, gram_problem, moments_problem, prepare_rows
 
 __all__ = [
@@ -130,16 +130,15 @@ class WindowAccumulator:
         world = distributed_world_size()
         if world == 1:
             return [self.state_dict()]
-        counters = torch.tensor([float(getattr(self, name)) for name in self.host_counters], dtype=torch.float64,
-                                device=self.device)
-        gathered_counters = all_gather_cat(counters.reshape(1, -1)).cpu()  # a checkpoint may wait on the device
+        # a checkpoint may wait on the device
+        gathered_counters = all_gather_floats([float(getattr(self, name)) for name in self.host_counters], self.device)
         gathered = {name: all_gather_cat(getattr(self, name).unsqueeze(0)).cpu() for name in self.states}
         per_rank = []
         for rank in range(world):
             copy = accumulator_from_state({"kind": type(self).__name__, "config": self.config(), "counters": {},
                                            "states": {}})
             for i, name in enumerate(self.host_counters):
-                setattr(copy, name, int(gathered_counters[rank, i]))
+                setattr(copy, name, int(gathered_counters[rank][i]))
             for name in self.states:
                 setattr(copy, name, gathered[name][rank])
             per_rank.append(copy.state_dict())

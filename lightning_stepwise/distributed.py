@@ -9,10 +9,12 @@ the identity.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["all_gather_cat", "all_reduce_sum", "distributed_rank", "distributed_world_size"]
+__all__ = ["all_gather_cat", "all_gather_floats", "all_reduce_sum", "distributed_rank", "distributed_world_size"]
 
 
 def distributed_world_size() -> int:
@@ -67,3 +69,17 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world)]
     torch.distributed.all_gather(parts, tensor)
     return torch.cat(parts)
+
+
+def all_gather_floats(values: Sequence[float], device: torch.device | str = "cpu") -> list[list[float]]:
+    """Every rank's few host numbers, in rank order (one host read under DDP; none in one process).
+
+    For small agreements (shapes, counters, a window's loss), not for statistics on the training path.
+
+    Examples:
+        >>> all_gather_floats([8.0, 4.0])  # one process: its own row
+        [[8.0, 4.0]]
+    """
+    if distributed_world_size() == 1:
+        return [list(values)]
+    return all_gather_cat(torch.tensor([list(values)], dtype=torch.float64, device=device)).tolist()

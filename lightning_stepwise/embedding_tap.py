@@ -85,7 +85,7 @@ class EmbeddingTap:
         self.kept = 0
         # one record per call: the copies, whether gradients were on, the storages of the call's output
         self._calls: list[tuple[list[Tensor], bool, set[int]]] = []
-        self._loss_storages: set[int] = set()
+        self._loss_origins: set[int] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> EmbeddingTap:
@@ -108,7 +108,7 @@ class EmbeddingTap:
             handle.remove()
         self._handles.clear()
         self._calls.clear()
-        self._loss_storages.clear()
+        self._loss_origins.clear()
 
     def add(self, tensors: Iterable[Tensor], *, with_grad: bool = True) -> None:
         """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs).
@@ -124,11 +124,11 @@ class EmbeddingTap:
         Calls under ``no_grad`` are left out when calls with gradients came too; with a ``loss`` on the
         point, calls whose output never reached the loss are left out when some did.
         """
-        calls, loss_storages = self._calls, self._loss_storages
-        self._calls, self._loss_storages = [], set()
+        calls, loss_origins = self._calls, self._loss_origins
+        self._calls, self._loss_origins = [], set()
         calls = self._keep(calls, [with_grad for _, with_grad, _ in calls], "no_grad_call")
-        if loss_storages:
-            calls = self._keep(calls, [bool(out & loss_storages) for _, _, out in calls], "not_in_loss")
+        if loss_origins:
+            calls = self._keep(calls, [bool(out & loss_origins) for _, _, out in calls], "not_in_loss")
         return [t for tensors, _, _ in calls for t in tensors]
 
     def _keep(self, calls: list[Any], keep: list[bool], reason: str) -> list[Any]:
@@ -160,7 +160,7 @@ class EmbeddingTap:
 
     def _on_loss_call(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.active:
-            self._loss_storages.update(_reaching_origins(flatten_tensors((args, kwargs))))
+            self._loss_origins.update(_reaching_origins(flatten_tensors((args, kwargs))))
 
     def _on_module_output(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         if self.active:

@@ -24,7 +24,7 @@ from lightning_stepwise.accumulators import (
     accumulator_from_state,
 )
 from lightning_stepwise.capture import to_embedding_rows
-from lightning_stepwise.distributed import all_gather_cat, distributed_world_size
+from lightning_stepwise.distributed import all_gather_floats
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.onsets import ONSET_COLUMNS, OnsetTracker
 from lightning_stepwise.problems import ProblemCounter
@@ -159,11 +159,7 @@ class TrackedPoint:
         """Rows per batch over all ranks, the most on one rank, the width and precision (a host read under DDP)."""
         local = [float(rows.shape[0]), float(rows.shape[1]), float(rows.dtype == torch.float64)] if rows is not None \
             else [0.0, 0.0, 0.0]
-        if distributed_world_size() > 1:
-            device = device or (rows.device if rows is not None else torch.device("cpu"))
-            table = all_gather_cat(torch.tensor([local], dtype=torch.float64, device=device)).tolist()
-        else:
-            table = [local]
+        table = all_gather_floats(local, device or (rows.device if rows is not None else "cpu"))
         dims = {int(d) for n, d, _ in table if n > 0}
         if len(dims) > 1:
             self.disabled = True

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from lightning_stepwise.accumulators import CovarianceRows
-from lightning_stepwise.distributed import all_gather_cat, all_reduce_sum, distributed_rank, distributed_world_size
+from lightning_stepwise.distributed import all_gather_floats, all_reduce_sum, distributed_rank, distributed_world_size
 from lightning_stepwise.problems import PROBLEM_KINDS, ProblemCounter
 from lightning_stepwise.solver import HostSolver, SolvedSpectrum
 from lightning_stepwise.spectrum import SpectrumSummary
@@ -398,9 +398,7 @@ class SpectrumTracker:
 
     def _rank_losses(self, window: _Window) -> list[list[float]]:
         local = [math.nan if window.loss_sum is None else float(window.loss_sum), float(window.loss_count)]
-        if distributed_world_size() == 1:
-            return [local]
-        return all_gather_cat(torch.tensor([local], dtype=torch.float64, device=self.device or "cpu")).tolist()
+        return all_gather_floats(local, self.device or "cpu")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; ``ValueError`` for a state of another version."""

@@ -226,34 +226,6 @@ class MMCR(Method):
         return torch.stack([self(x0), self(x1)], dim=1).reshape(-1, 8)
 
 
-class SwaVQueue(Method):
-    """SwaV with a queue: the queued features are scored by the same prototype layer under ``no_grad``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from lightly.loss import SwaVLoss
-        from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
-
-        self.backbone = mlp()
-        self.projection_head = SwaVProjectionHead(16, 32, 8)
-        self.prototypes = SwaVPrototypes(8, n_prototypes=10)
-        self.criterion = SwaVLoss(sinkhorn_iterations=3)
-        self.register_buffer("queue", nn.functional.normalize(torch.randn(40, 8), dim=1))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.projection_head(self.backbone(x)), dim=1, p=2)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.prototypes.normalize()
-        outputs = [self.prototypes(self.embed(v)) for v in batch[0]]
-        with torch.no_grad():
-            queue_outputs = [self.prototypes(self.queue)] * 2
-        return self.criterion(outputs[:2], outputs[2:], queue_outputs)
-
-    def online(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.embed(x0), self.embed(x1)])
-
-
 class MSN(Method):
     """Lightly's naming: ``backbone``/``projection_head`` are the frozen target, ``anchor_*`` the online net."""
 
@@ -310,6 +282,21 @@ class SwaV(Method):
 
     def online(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.embed(x0), self.embed(x1)])
+
+
+class SwaVQueue(SwaV):
+    """SwaV with a queue: the queued features are scored by the same prototype layer under ``no_grad``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("queue", nn.functional.normalize(torch.randn(40, 8), dim=1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.prototypes.normalize()
+        outputs = [self(v) for v in batch[0]]
+        with torch.no_grad():
+            queue_outputs = [self.prototypes(self.queue)] * 2
+        return self.criterion(outputs[:2], outputs[2:], queue_outputs)
 
 
 METHODS = {cls.__name__: cls for cls in (BYOL, SimSiam, MoCo, NNCLR, DINO, IBOT, MMCR, MSN, SwaV, SwaVQueue)}
