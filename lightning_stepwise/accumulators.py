@@ -168,7 +168,7 @@ class WindowAccumulator:
         """Add a batch of embedding rows (``N x d``, any float dtype)."""
         raise NotImplementedError
 
-    def problem(self) -> SpectrumProblem:  # pragma: no cover - abstract
+    def problem(self, directions: int = 0) -> SpectrumProblem:  # pragma: no cover - abstract
         """The window's spectrum before its eigensolve."""
         raise NotImplementedError
 
@@ -233,9 +233,9 @@ class CovarianceMoments(WindowAccumulator):
         self.total += centred.sum(0)
         self.outer.addmm_(centred.T, centred)
 
-    def problem(self) -> SpectrumProblem:
+    def problem(self, directions: int = 0) -> SpectrumProblem:
         """The ``d x d`` scatter matrix of the window, divided by ``n - 1`` when solved."""
-        return moments_problem(self.count, self.total, self.outer, self.skipped_batches)
+        return moments_problem(self.count, self.total, self.outer, self.skipped_batches, directions=directions)
 
 
 class CovarianceRows(WindowAccumulator):
@@ -302,10 +302,10 @@ class CovarianceRows(WindowAccumulator):
         else:
             super().load(name, value)
 
-    def problem(self) -> SpectrumProblem:
+    def problem(self, directions: int = 0) -> SpectrumProblem:
         """The ``N x N`` centred Gram matrix of the kept rows, divided by ``n - 1`` when solved."""
         return gram_problem(self.rows[: self.filled], self.row_weights[: self.filled], self.normalize,
-                            self.skipped_batches)
+                            self.skipped_batches, directions=directions)
 
 
 class CrossCorrelationSums(WindowAccumulator):
@@ -338,11 +338,11 @@ class CrossCorrelationSums(WindowAccumulator):
         self.count += ok * z0.shape[0]
         self.cross.addmm_(z0.T, z1)
 
-    def problem(self) -> SpectrumProblem:
+    def problem(self, directions: int = 0) -> SpectrumProblem:
         """The symmetrised cross sums, divided by the number of pairs when solved."""
         return SpectrumProblem(matrix=0.5 * (self.cross + self.cross.T), divisor=self.count.clamp_min(1.0),
                                samples=self.count, dim=self.dim, skipped=self.skipped_batches, min_samples=1,
-                               nonnegative=False)
+                               nonnegative=False, directions=directions)
 
 
 ACCUMULATORS: dict[str, type[WindowAccumulator]] = {

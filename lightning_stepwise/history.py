@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SCALAR_COLUMNS", "SpectrumHistory"]
+__all__ = ["MODE_COLUMNS", "SCALAR_COLUMNS", "SpectrumHistory"]
 
 #: Columns holding one number per measurement, in the order they are written to CSV.
 SCALAR_COLUMNS: tuple[str, ...] = (
@@ -27,9 +27,14 @@ SCALAR_COLUMNS: tuple[str, ...] = (
 )
 _INTEGER_COLUMNS = frozenset({"measurement", "step", "epoch", "samples"})
 
+#: Per-mode columns (one value per identity-tracked mode in a row, by eigenvalue descending), with their
+#: padding: the identity of each mode (see :class:`~lightning_stepwise.mode_identity.ModeMatcher`), its
+#: eigenvalue, and its largest squared cosine with a measured eigen-direction.
+MODE_COLUMNS: dict[str, float] = {"mode_ids": -1, "mode_eigenvalues": math.nan, "mode_overlap": math.nan}
+
 
 class SpectrumHistory:
-    """Rows of (scalars, top-k eigenvalues), at most ``max_rows`` of them.
+    """Rows of (scalars, top-k eigenvalues, identity-tracked modes), at most ``max_rows`` of them.
 
     When full, every other row is dropped and only every second measurement is kept from then on
     (``stride`` doubles), so the history stays an evenly thinned record of the whole run, whatever
@@ -57,8 +62,9 @@ class SpectrumHistory:
         """Whether a row for this measurement index would be kept."""
         return measurement % self.stride == 0
 
-    def append(self, *, measurement: int, eigenvalues: np.ndarray, **scalars: float) -> None:
-        """Record one measurement (ignored when thinning has dropped its index)."""
+    def append(self, *, measurement: int, eigenvalues: np.ndarray, modes: Mapping[str, np.ndarray] | None = None,
+               **scalars: float) -> None:
+        """Record one measurement (ignored when thinning has dropped its index); ``modes``: :data:`MODE_COLUMNS`."""
         if not self.wants(measurement):
             return
         if self._rows and measurement <= self._rows[-1]["measurement"]:
@@ -72,6 +78,9 @@ class SpectrumHistory:
         row = {name: scalars.get(name, -1 if name in _INTEGER_COLUMNS else math.nan) for name in SCALAR_COLUMNS}
         row["measurement"] = measurement
         row["eigenvalues"] = np.asarray(eigenvalues, dtype=np.float64).copy()
+        for name in MODE_COLUMNS:
+            if modes is not None and name in modes:
+                row[name] = np.asarray(modes[name], dtype=np.int64 if name == "mode_ids" else np.float64).copy()
         self._rows.append(row)
         if len(self._rows) >= self.max_rows:
             self.stride *= 2
@@ -87,12 +96,19 @@ class SpectrumHistory:
         for name in SCALAR_COLUMNS:
             dtype = np.int64 if name in _INTEGER_COLUMNS else np.float64
             arrays[name] = np.array([r[name] for r in self._rows], dtype=dtype)
-        width = max((len(r["eigenvalues"]) for r in self._rows), default=0)
-        eigenvalues = np.full((len(self._rows), width), np.nan)
-        for i, r in enumerate(self._rows):
-            eigenvalues[i, : len(r["eigenvalues"])] = r["eigenvalues"]
-        arrays["eigenvalues"] = eigenvalues
+        arrays["eigenvalues"] = self._vectors("eigenvalues", math.nan, np.float64)
+        if any("mode_ids" in r for r in self._rows):
+            for name, pad in MODE_COLUMNS.items():
+                arrays[name] = self._vectors(name, pad, np.int64 if name == "mode_ids" else np.float64)
         return arrays
+
+    def _vectors(self, name: str, pad: float, dtype: type) -> np.ndarray:
+        width = max((len(r[name]) for r in self._rows if name in r), default=0)
+        out = np.full((len(self._rows), width), pad, dtype=dtype)
+        for i, r in enumerate(self._rows):
+            if name in r:
+                out[i, : len(r[name])] = r[name]
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain numbers only, so checkpoints load with ``weights_only=True``."""
@@ -112,4 +128,9 @@ class SpectrumHistory:
         for i in range(len(columns["measurement"])):
             row: dict[str, Any] = {name: columns[name][i].item() for name in SCALAR_COLUMNS}
             row["eigenvalues"] = columns["eigenvalues"][i].copy()
+            if "mode_ids" in columns:
+                ids = columns["mode_ids"][i]
+                width = int((ids >= 0).sum())  # rows are padded to the widest: keep this row's own width
+                for name in MODE_COLUMNS:
+                    row[name] = columns[name][i][:width].copy()
             self._rows.append(row)

@@ -22,7 +22,7 @@ __all__ = ["HostSolver", "SolvedSpectrum"]
 
 @dataclass(frozen=True)
 class SolvedSpectrum:
-    """One problem's result: all eigenvalues (descending), its sample and skipped-batch counts, summaries.
+    """One problem's result: all eigenvalues (descending), its counts, summaries, and top-k directions (``d x k``).
 
     Examples:
         >>> from lightning_stepwise.spectrum import summarize_spectrum
@@ -35,6 +35,7 @@ class SolvedSpectrum:
     samples: float
     skipped: float
     summary: SpectrumSummary
+    directions: np.ndarray | None = None
 
 
 def _copy_to_host(flat: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
@@ -47,19 +48,22 @@ def _copy_to_host(flat: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
     return host, event
 
 
-def _solve(layouts: Mapping[str, ProblemLayout], flat: Tensor, event: torch.cuda.Event | None,
+def _solve(layouts: Mapping[str, ProblemLayout], flat: Tensor, basis: Tensor | None, event: torch.cuda.Event | None,
            extra: int) -> tuple[dict[str, SolvedSpectrum], np.ndarray]:
     if event is not None:
         event.synchronize()  # this thread waits; the training loop does not
     solved: dict[str, SolvedSpectrum] = {}
-    offset = 0
+    offset = basis_offset = 0
     for name, layout in layouts.items():
-        problem = layout.from_flat(flat[offset: offset + layout.flat_size])
+        problem = layout.from_flat(flat[offset: offset + layout.flat_size],
+                                   None if basis is None else basis[basis_offset: basis_offset + layout.basis_size])
         offset += layout.flat_size
-        eigenvalues = problem.solve()
+        basis_offset += layout.basis_size
+        eigenvalues, directions = problem.solve_with_directions()
         solved[name] = SolvedSpectrum(eigenvalues=eigenvalues.numpy(), samples=float(problem.samples),
                                       skipped=float(problem.skipped if problem.skipped is not None else 0.0),
-                                      summary=summarize_spectrum(eigenvalues))
+                                      summary=summarize_spectrum(eigenvalues),
+                                      directions=None if directions is None else directions.numpy())
     return solved, flat[offset: offset + extra].numpy().copy()
 
 
@@ -92,10 +96,16 @@ class HostSolver:
         extra = torch.zeros(0, dtype=torch.float64, device=device) if extra is None else extra
         flat = torch.cat([*(p.flat().to(device) for p in problems.values()),
                           extra.reshape(-1).to(device=device, dtype=torch.float64)])
+        # the Gram route's centred rows travel in float32, in a second copy queued after the first
+        bases = [p.basis.reshape(-1).to(device) for p in problems.values() if p.basis is not None]
+        host_basis = None
+        if bases:
+            host_basis, _ = _copy_to_host(torch.cat(bases))
         host, event = _copy_to_host(flat)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepwise-eigensolve")
-        return self._pool.submit(_solve, {n: p.layout() for n, p in problems.items()}, host, event, extra.numel())
+        return self._pool.submit(_solve, {n: p.layout() for n, p in problems.items()}, host, host_basis, event,
+                                 extra.numel())
 
     def shutdown(self) -> None:
         """Wait for the queued solves and end the worker thread (a new one starts on the next submit)."""

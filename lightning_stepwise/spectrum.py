@@ -33,6 +33,7 @@ __all__ = [
     "SpectrumProblem",
     "SpectrumSummary",
     "covariance_eigenvalues",
+    "covariance_problem",
     "eigenvalues_from_gram",
     "eigenvalues_from_moments",
     "gram_problem",
@@ -67,6 +68,10 @@ class SpectrumProblem:
     than ``min_samples`` samples the spectrum is NaN. Tensors stay on the device they were made on
     until :meth:`solve`, which may run anywhere (the monitor solves a host copy in a worker thread).
 
+    With ``directions = k > 0``, :meth:`solve_with_directions` also gives the top-k eigen-directions in
+    embedding space. On the Gram route the matrix lives in sample space, so ``basis`` holds the centred
+    rows (``N x d`` float32) and a Gram eigenvector ``u`` becomes the direction ``basisᵀ u`` (normalised).
+
     Examples:
         >>> z = torch.randn(50, 3, dtype=torch.float64)
         >>> zc = z - z.mean(0)
@@ -84,6 +89,8 @@ class SpectrumProblem:
     rank_limit: Tensor | None = None
     min_samples: int = 2
     nonnegative: bool = True
+    directions: int = 0
+    basis: Tensor | None = None
 
     def flat(self) -> Tensor:
         """All tensors as one float64 vector, for a single device-to-host copy (see :meth:`from_flat`)."""
@@ -101,14 +108,43 @@ class SpectrumProblem:
     def layout(self) -> ProblemLayout:
         """What it takes to rebuild this problem from :meth:`flat`, without holding its tensors."""
         return ProblemLayout(size=self.matrix.shape[0], dim=self.dim, min_samples=self.min_samples,
-                                nonnegative=self.nonnegative)
+                             nonnegative=self.nonnegative, directions=self.directions,
+                             basis_rows=0 if self.basis is None else self.basis.shape[0])
 
     def solve(self) -> Tensor:
         """All ``dim`` eigenvalues, float64, descending, on the matrix's device (NaN if too few samples)."""
+        return self._eigenvalues(torch.linalg.eigvalsh(self.matrix).flip(0))
+
+    def solve_with_directions(self) -> tuple[Tensor, Tensor | None]:
+        """(:meth:`solve`'s eigenvalues, the top ``directions`` eigen-directions as ``d x k`` float32 columns).
+
+        The directions are None when ``directions`` is 0 or there are too few samples; ``k`` is at most
+        the rank (the samples minus one on the Gram route).
+
+        Examples:
+            >>> z = torch.randn(40, 3, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+            >>> values, vectors = covariance_problem(z, directions=2).solve_with_directions()
+            >>> vectors.shape, bool(abs(vectors[0, 0]) > 0.9)
+            (torch.Size([3, 2]), True)
+        """
+        if self.directions <= 0 or float(self.samples) < self.min_samples:
+            return self.solve(), None
+        values, vectors = torch.linalg.eigh(self.matrix)
+        eigenvalues = self._eigenvalues(values.flip(0))
+        k = min(self.directions, vectors.shape[1])
+        if self.rank_limit is not None:
+            k = min(k, max(int(self.rank_limit), 0))
+        top = vectors.flip(1)[:, :k]
+        if self.basis is not None:  # Gram route: from sample space to embedding space
+            top = self.basis.T.to(torch.float32) @ top.to(torch.float32)
+        top = top.to(torch.float32)
+        return eigenvalues, top / top.norm(dim=0).clamp_min(1e-30)
+
+    def _eigenvalues(self, descending: Tensor) -> Tensor:
         out = torch.zeros(self.dim, dtype=torch.float64, device=self.matrix.device)
         if float(self.samples) < self.min_samples:
             return out.fill_(math.nan)
-        eigenvalues = torch.linalg.eigvalsh(self.matrix).flip(0) / self.divisor
+        eigenvalues = descending / self.divisor
         if self.nonnegative:  # a covariance is PSD: tiny negative round-off is not information
             eigenvalues = eigenvalues.clamp_min(0.0)
         if self.rank_limit is not None:
@@ -133,26 +169,37 @@ class ProblemLayout:
     dim: int
     min_samples: int
     nonnegative: bool
+    directions: int = 0
+    basis_rows: int = 0
 
     @property
     def flat_size(self) -> int:
         """Length of the flat vector."""
         return self.size * self.size + 4
 
-    def from_flat(self, flat: Tensor) -> SpectrumProblem:
-        """The problem whose tensors are views of ``flat``."""
+    @property
+    def basis_size(self) -> int:
+        """Length of the flat float32 basis (0 without one)."""
+        return self.basis_rows * self.dim
+
+    def from_flat(self, flat: Tensor, basis: Tensor | None = None) -> SpectrumProblem:
+        """The problem whose tensors are views of ``flat`` (and of ``basis``, the flat basis, if it has one)."""
         matrix = flat[: self.size * self.size].reshape(self.size, self.size)
         divisor, samples, skipped, rank_limit = flat[self.size * self.size: self.flat_size]
         return SpectrumProblem(matrix=matrix, divisor=divisor, samples=samples, dim=self.dim, skipped=skipped,
                                rank_limit=None if math.isinf(float(rank_limit)) else rank_limit,
-                               min_samples=self.min_samples, nonnegative=self.nonnegative)
+                               min_samples=self.min_samples, nonnegative=self.nonnegative,
+                               directions=self.directions,
+                               basis=None if basis is None or not self.basis_rows
+                               else basis[: self.basis_size].reshape(self.basis_rows, self.dim))
 
 
-def _centred_gram(rows: Tensor, weights: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
-    """(``Zc Zc^T`` in float64 over the rows of weight 1, sample count), a block of columns at a time.
+def _centred_gram(rows: Tensor, weights: Tensor, normalize: bool,
+                  keep_rows: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(``Zc Zc^T`` in float64 over the rows of weight 1, sample count, ``Zc`` in float32 if ``keep_rows``).
 
-    Rows of weight 0 (padding, skipped batches) come out as zero rows and only add zero eigenvalues.
-    ``normalize`` L2-normalises each row (in float64) before centring.
+    Built a block of columns at a time. Rows of weight 0 (padding, skipped batches) come out as zero
+    rows and only add zero eigenvalues. ``normalize`` L2-normalises each row (in float64) before centring.
     """
     n, d = rows.shape
     w = weights.to(torch.float64)
@@ -165,15 +212,22 @@ def _centred_gram(rows: Tensor, weights: Tensor, normalize: bool) -> tuple[Tenso
             squares += rows[:, b].to(torch.float64).square().sum(1)
         scale = w / squares.sqrt().clamp_min(1e-12)  # torch.nn.functional.normalize's eps
     gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+    centred = torch.empty(n, d, dtype=torch.float32, device=rows.device) if keep_rows else None
     for b in blocks:
         x = rows[:, b].to(torch.float64) * scale[:, None]
         x -= w[:, None] * (x.sum(0) / samples.clamp_min(1.0))
         gram.addmm_(x, x.T)
-    return gram, samples
+        if centred is not None:
+            centred[:, b] = x
+    return gram, samples, centred
 
 
-def gram_problem(rows: Tensor, weights: Tensor, normalize: bool, skipped: Tensor | None = None) -> SpectrumProblem:
+def gram_problem(rows: Tensor, weights: Tensor, normalize: bool, skipped: Tensor | None = None,
+                 directions: int = 0) -> SpectrumProblem:
     """The covariance spectrum of the rows of weight 1 as an ``N x N`` centred Gram problem.
+
+    With ``directions > 0`` the problem keeps the centred rows (float32) to turn Gram eigenvectors into
+    embedding-space directions.
 
     Examples:
         >>> z = torch.randn(5, 8, dtype=torch.float64)
@@ -181,9 +235,9 @@ def gram_problem(rows: Tensor, weights: Tensor, normalize: bool, skipped: Tensor
         >>> torch.allclose(problem.solve(), eigenvalues_from_gram(z))
         True
     """
-    gram, samples = _centred_gram(rows, weights, normalize)
+    gram, samples, centred = _centred_gram(rows, weights, normalize, keep_rows=directions > 0)
     return SpectrumProblem(matrix=gram, divisor=(samples - 1).clamp_min(1.0), samples=samples, dim=rows.shape[1],
-                           skipped=skipped, rank_limit=samples - 1)
+                           skipped=skipped, rank_limit=samples - 1, directions=directions, basis=centred)
 
 
 def eigenvalues_from_gram(rows: Tensor) -> Tensor:
@@ -206,7 +260,8 @@ def eigenvalues_from_gram(rows: Tensor) -> Tensor:
     return gram_problem(rows, weights, normalize=False).solve()
 
 
-def moments_problem(count: Tensor, total: Tensor, outer: Tensor, skipped: Tensor | None = None) -> SpectrumProblem:
+def moments_problem(count: Tensor, total: Tensor, outer: Tensor, skipped: Tensor | None = None,
+                    directions: int = 0) -> SpectrumProblem:
     """The covariance spectrum from shifted float64 sums as a ``d x d`` problem (see :func:`eigenvalues_from_moments`).
 
     Examples:
@@ -219,7 +274,24 @@ def moments_problem(count: Tensor, total: Tensor, outer: Tensor, skipped: Tensor
     total = total.to(torch.float64)
     scatter = outer.to(torch.float64) - torch.outer(total, total) / count.clamp_min(1.0)
     return SpectrumProblem(matrix=0.5 * (scatter + scatter.T), divisor=(count - 1).clamp_min(1.0), samples=count,
-                           dim=total.shape[0], skipped=skipped)
+                           dim=total.shape[0], skipped=skipped, directions=directions)
+
+
+def covariance_problem(rows: Tensor, directions: int = 0) -> SpectrumProblem:
+    """The covariance problem of ``rows`` (``N x d``) on the cheaper route, keeping ``directions``.
+
+    Examples:
+        >>> covariance_problem(torch.randn(10, 64), directions=3).solve_with_directions()[1].shape
+        torch.Size([64, 3])
+    """
+    n, d = rows.shape
+    if uses_gram_route(n, d):
+        return gram_problem(rows, torch.ones(n, dtype=torch.float64, device=rows.device), normalize=False,
+                            directions=directions)
+    x = rows.to(torch.float64)
+    centred = x - x.mean(dim=0)
+    return moments_problem(torch.tensor(float(n), dtype=torch.float64, device=rows.device), centred.sum(0),
+                           centred.T @ centred, directions=directions)
 
 
 def eigenvalues_from_moments(count: Tensor | float, total: Tensor, outer: Tensor) -> Tensor:

@@ -6,11 +6,11 @@ not from the detector under test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SyntheticRun", "stepwise_trajectories"]
+__all__ = ["MODE_FAMILIES", "SyntheticModeRun", "SyntheticRun", "mode_family_run", "stepwise_trajectories"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,138 @@ def stepwise_trajectories(
         plateaus=plateaus[inside][order],
         interval=float(span / (rows - 1)),
     )
+
+
+#: The families of :func:`mode_family_run`: what makes each hard for a detector of sorted spectra.
+MODE_FAMILIES: dict[str, str] = {
+    "baseline": "plateaus 0.8-1.25, onsets spread over 10-85 % of the run",
+    "collapse": "a top mode 1e3-1e6 above the plateaus that decays to its floor over 10-50 % of the run",
+    "early": "half the modes rise within the first 10 % of the run, the rest over the remainder",
+    "spread": "plateaus log-uniform over 0.3-3: later modes overtake earlier ones",
+    "all": "collapse, early and spread together",
+}
+
+
+@dataclass(frozen=True)
+class SyntheticModeRun(SyntheticRun):
+    """A generated run measured through finite windows, with eigen-directions (see :func:`mode_family_run`).
+
+    Attributes (besides those of :class:`SyntheticRun`):
+        directions: (T, d, k) float32 eigen-directions of each row's measured covariance, column ``j`` for
+            eigenvalue ``j`` of the row (descending), as the monitor obtains them.
+        onset_directions: (d, n) the true direction of each learned mode at its onset, in onset order.
+        family: the family generated.
+
+    Examples:
+        >>> run = mode_family_run("spread", 8, rows=40, seed=0)
+        >>> run.directions.shape, run.onset_directions.shape[0]
+        ((40, 8, 8), 8)
+    """
+
+    directions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.float32))
+    onset_directions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    family: str = "baseline"
+
+
+def _rotation_path(dim: int, angle: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Q0, eigenvalues w, eigenvectors V) of a slow rotation Q(s) = Q0 expm(s A), ``A`` skew with size ``angle``."""
+    q0, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    skew = rng.standard_normal((dim, dim)) * angle / np.sqrt(dim)
+    skew = (skew - skew.T) / 2
+    w, v = np.linalg.eigh(1j * skew)  # A = -i H with H = iA Hermitian: expm(sA) = V exp(-i s w) V^H
+    return q0, w, v
+
+
+def _rotation_at(q0: np.ndarray, w: np.ndarray, v: np.ndarray, s: float) -> np.ndarray:
+    return q0 @ ((v * np.exp(-1j * s * w)) @ v.conj().T).real
+
+
+def mode_family_run(
+    family: str,
+    modes: int = 32,
+    *,
+    noise: float = 0.15,
+    rows: int = 300,
+    interval: float = 10.0,
+    window: int = 1024,
+    rising_fraction: float = 0.75,
+    rise_rows: tuple[float, float] = (2.0, 15.0),
+    floor_range: tuple[float, float] = (1e-4, 1e-2),
+    rotation: float = 0.5,
+    seed: int = 0,
+) -> SyntheticModeRun:
+    """One run of a family of :data:`MODE_FAMILIES`: modes as slowly rotating directions, measured in windows.
+
+    ``modes`` orthonormal directions in ``d = modes`` dimensions rotate slowly (``rotation`` radians over
+    the run, a random skew generator). Each has an eigenvalue trajectory as in :func:`stepwise_trajectories`
+    (logistic rises in linear scale from a floor to a plateau, half-way at the onset; the others stay at
+    their floor), with multiplicative log-normal noise of relative size ``noise``. Each row is then the
+    sample covariance of a window of ``window`` embeddings drawn from that covariance (a Wishart draw), and
+    its eigenvalues (descending) and eigen-directions are what is recorded: sampling noise in the values
+    and mixing of the directions of near-equal eigenvalues, as a monitor sees them. Every rise starts
+    inside the run (its 10 % crossing at least 3 intervals after the first row).
+
+    Examples:
+        >>> run = mode_family_run("collapse", 16, rows=60, seed=2)
+        >>> run.eigenvalues[0, 0] > 100 * run.plateaus.max()
+        True
+    """
+    if family not in MODE_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(MODE_FAMILIES)}")
+    rng = np.random.default_rng(seed)
+    steps = np.cumsum(rng.uniform(0.5, 1.5, rows) * interval)
+    steps -= steps[0]
+    span = steps[-1]
+    collapse = family in ("collapse", "all")
+    rising = max(min(int(round(rising_fraction * modes)), modes - (1 if collapse else 0)), 0)
+    floors = np.exp(rng.uniform(np.log(floor_range[0]), np.log(floor_range[1]), modes))
+    if family in ("spread", "all"):
+        plateaus = np.exp(rng.uniform(np.log(0.3), np.log(3.0), rising))
+    else:
+        plateaus = rng.uniform(0.8, 1.25, rising)
+    rates = 2 * np.log(9) / (rng.uniform(*rise_rows, rising) * interval)
+    if family in ("early", "all"):
+        early = rising // 2
+        fractions = np.concatenate([rng.uniform(0.02, 0.1, early), rng.uniform(0.12, 0.85, rising - early)])
+    else:
+        fractions = rng.uniform(0.1, 0.85, rising)
+    # the 10 % crossing is about ln 9 / rate before the onset: keep it 3 intervals inside the run
+    onsets = np.maximum(fractions * span, np.log(9) / rates + 3 * interval)
+    clean = np.tile(floors, (rows, 1))
+    for j in range(rising):
+        clean[:, j] = floors[j] + (plateaus[j] - floors[j]) / (1 + np.exp(np.minimum(-rates[j] * (steps - onsets[j]),
+                                                                                 700)))
+    if collapse:
+        start = plateaus.max(initial=1.0) * 10 ** rng.uniform(3, 6)
+        decay = np.log(start / floors[-1]) / (rng.uniform(0.1, 0.5) * span)
+        clean[:, -1] = floors[-1] + start * np.exp(-decay * steps)
+
+    def crossing(q: float) -> np.ndarray:
+        sigma = (q * plateaus - floors[:rising]) / (plateaus - floors[:rising])
+        return onsets + np.log(sigma / (1 - sigma)) / rates
+
+    loss = ((1 - (clean[:, :rising] - floors[:rising]) / (plateaus - floors[:rising])) ** 2).sum(axis=1)
+    loss = loss + noise * 0.05 * rng.standard_normal(rows)
+    noisy = clean * np.exp(noise * rng.standard_normal(clean.shape))
+    q0, w, v = _rotation_path(modes, rotation, rng)
+    eigenvalues = np.empty((rows, modes))
+    directions = np.empty((rows, modes, modes), dtype=np.float32)
+    for t in range(rows):
+        q = _rotation_at(q0, w, v, steps[t] / span)
+        # Bartlett: A A^T / n is the sample covariance of n standard normal rows (Wishart), A lower triangular
+        bartlett = np.tril(rng.standard_normal((modes, modes)), -1)
+        bartlett[np.diag_indices(modes)] = np.sqrt(rng.chisquare(window - np.arange(modes)))
+        root = q * np.sqrt(noisy[t])
+        sample = root @ (bartlett @ bartlett.T / window) @ root.T
+        values, vectors = np.linalg.eigh(0.5 * (sample + sample.T))
+        eigenvalues[t] = values[::-1]
+        directions[t] = vectors[:, ::-1]
+    true_onsets = crossing(0.5)
+    inside = np.flatnonzero(true_onsets <= span)
+    order = inside[np.argsort(true_onsets[inside])]
+    onset_directions = np.stack([_rotation_at(q0, w, v, true_onsets[j] / span)[:, j] for j in order], axis=1) \
+        if order.size else np.zeros((modes, 0))
+    return SyntheticModeRun(
+        steps=steps, eigenvalues=eigenvalues, loss=loss, onset_steps=true_onsets[order],
+        rise_end_steps=crossing(0.9)[order], plateaus=plateaus[order], interval=float(span / (rows - 1)),
+        directions=directions, onset_directions=onset_directions, family=family)
