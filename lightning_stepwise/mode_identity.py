@@ -3,36 +3,37 @@
 Pure functions and a small stateful matcher on NumPy arrays, no Lightning.
 
 Sorted eigenvalues say how many directions are large, not which: when two modes' eigenvalues cross, a
-rank's column is stitched from both. Eigen-directions keep the identity. :class:`ModeMatcher` takes each
-measurement's top-k directions and gives each one an *identity*, an integer kept from measurement to
-measurement while the direction stays the same:
+rank's column is stitched from both. Eigen-directions keep the identity. :class:`ModeMatcher` follows a
+set of unit directions, one per *identity* (an integer a mode keeps for the whole run), through each
+measurement's top-k eigenvalues ``λ_j`` and eigen-directions ``v_j``:
 
-- the overlap of a new direction ``v`` with a known identity's direction ``a`` is ``(aᵀv)²`` (1: the same
-  direction, 0: orthogonal; the sign of an eigenvector means nothing);
-- pairs are taken greedily, largest overlap first, and accepted above ``min_overlap`` (0.5 by default:
-  more than half of the direction's energy; two orthonormal directions cannot both pass it for the
-  same new direction, so a match is never ambiguous);
-- a direction with no partner gets a new identity. In the bulk of the spectrum, where eigenvalues are
-  nearly equal, directions are not defined and get new identities at nearly every measurement: they
-  never last long enough to look learned.
-- an identity's direction is updated only when matched, so two modes whose eigenvalues cross (for a
-  measurement their directions mix) are found again when they separate; an identity unmatched for more
-  than ``patience`` measurements is forgotten, which bounds the memory to ``(k + patience * k) x d``.
+- an identity's weights on the measured directions are its squared cosines ``w_j = (aᵀv_j)²`` (the sign of
+  an eigenvector means nothing); its *value* is the weighted mean eigenvalue over the directions whose
+  eigenvalue is near that of its best match (within ``band`` in log scale). For a mode with an
+  eigenvalue of its own that is its eigenvalue; for modes sharing a plateau (nearly equal eigenvalues,
+  whose directions the measurement noise mixes from one window to the next) it is the plateau. A tiny
+  overlap with a huge eigenvalue elsewhere (a collapsed top mode) does not leak in.
+- each identity's direction moves to its projection on those nearby directions (renormalised), so it
+  follows a mode that rotates slowly, and stays inside a cluster of near-equal eigenvalues instead of
+  jumping between its members;
+- a measured direction that the known identities do not explain (less than ``min_overlap`` of its energy
+  in their span) starts a new identity; identities that leave the measured span for more than
+  ``patience`` measurements, or that become copies of an older one, are forgotten. Identities are
+  therefore about ``k``, whatever the length of the run: memory ``(about 2k) x d``.
 
-For sorted spectra recorded without directions, :func:`continuity_identities` gives identities from the
-eigenvalues alone by following each curve's trend through crossings: a weaker guess, used as a fallback.
+Matching uses the subspace structure, not the ranks, so a mode keeps its number when its eigenvalue
+crosses another's, and a rising mode is not confused with the plateau it passes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["ModeMatcher", "continuity_identities", "identity_series"]
+__all__ = ["ModeMatcher", "identity_series"]
 
 
 class ModeMatcher:
@@ -194,62 +195,3 @@ def identity_series(identities: ArrayLike) -> dict[int, tuple[np.ndarray, np.nda
     return {int(flat[chunk[0]]): (r, c) for chunk, r, c in
             zip(np.split(np.arange(len(flat)), bounds), np.split(rows, bounds), np.split(columns, bounds),
                 strict=True) if len(chunk)}
-
-
-def continuity_identities(steps: ArrayLike, eigenvalues: ArrayLike, *, smoothing: int = 5) -> np.ndarray:
-    """Identities for sorted spectra without directions, by following each curve's trend (a fallback).
-
-    Each row's sorted values are given to the curves of the row before in the order of their
-    *predicted* values: the last value moved on by the curve's recent log-slope. A curve that is rising
-    fast is predicted above a level one it is about to pass, so it takes the larger value and keeps its
-    identity through the crossing; a decaying top mode goes down through the ranks the same way. The
-    slopes come from the values after a trailing running median over ``smoothing`` rows (noise would otherwise
-    swap curves at random). Returns a (T, k) int64 array of identities, ``-1`` where the value is NaN.
-
-    Examples:
-        >>> steps = np.arange(6.0)
-        >>> rising, flat = np.array([0.01, 0.05, 0.2, 0.8, 2.0, 3.0]), np.ones(6)
-        >>> rows = -np.sort(-np.stack([rising, flat], 1), axis=1)
-        >>> continuity_identities(steps, rows).tolist()   # identity 1 is the rising curve throughout
-        [[0, 1], [0, 1], [0, 1], [0, 1], [1, 0], [1, 0]]
-    """
-    s = np.asarray(steps, dtype=np.float64)
-    values = np.asarray(eigenvalues, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    rows, k = values.shape
-    ids = np.full((rows, k), -1, dtype=np.int64)
-    if rows == 0:
-        return ids
-    logs = np.log(np.maximum(np.where(np.isfinite(values), values, np.nan), np.finfo(np.float64).tiny))
-    filled = np.where(np.isfinite(logs), logs, np.nanmin(logs, initial=0.0) if np.isfinite(logs).any() else 0.0)
-    # a trailing median: the identities of a row depend on the rows up to it only (detection stays causal)
-    padded = np.concatenate([np.repeat(filled[:1], max(smoothing - 1, 0), axis=0), filled])
-    smooth = np.median(np.lib.stride_tricks.sliding_window_view(padded, max(smoothing, 1), axis=0), axis=-1)
-    # per curve (in the order of the previous row's values): its smoothed log value and log-slope
-    width = int(np.isfinite(logs[0]).sum())
-    ids[0, :width] = np.arange(width)
-    level = smooth[0, :width].copy()
-    slope = np.zeros(width)
-    curve_ids = np.arange(width)
-    for t in range(1, rows):
-        width = int(np.isfinite(logs[t]).sum())
-        dt = s[t] - s[t - 1]
-        predicted = level + slope * dt
-        n = min(width, len(predicted))
-        order = np.argsort(-predicted[:n], kind="stable")  # curves by predicted value, largest first
-        new_level = smooth[t, :n]
-        new_slope = np.zeros(n)
-        assigned = curve_ids[:n][order]
-        prev = level[:n][order]
-        new_slope = np.clip((new_level - prev) / dt, -np.inf, np.inf)
-        # damp the slope estimate: one noisy row must not throw a curve across the spectrum
-        new_slope = 0.5 * new_slope + 0.5 * slope[:n][order]
-        ids[t, :n] = assigned
-        extra = width - n
-        fresh = np.arange(extra) + (curve_ids.max(initial=-1) + 1)
-        ids[t, n:width] = fresh
-        curve_ids = np.concatenate([assigned, fresh])
-        level = np.concatenate([new_level, smooth[t, n:width]])
-        slope = np.concatenate([new_slope, np.zeros(extra)])
-    return ids

@@ -92,6 +92,9 @@ class StepwiseMonitor(Callback):
         every_n_steps: steps between the openings of two measurement windows.
         window: samples (embedding rows, all views and ranks together) per measurement.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
+        mode_directions: leading eigen-directions obtained at each measurement and followed by identity, so a
+            mode keeps its number when its eigenvalue crosses another's; onsets are then detected per
+            identity. 0 turns identity tracking off (onsets from the sorted eigenvalues).
         log_top_k: leading eigenvalues also sent to the loggers as scalars.
         max_history: rows kept in memory; beyond it the history thins itself evenly.
         dirpath: folder for the files; default ``<trainer.log_dir>/stepwise``.
@@ -130,6 +133,7 @@ class StepwiseMonitor(Callback):
         every_n_steps: int = 50,
         window: int = 1024,
         top_k: int = 256,
+        mode_directions: int = 64,
         log_top_k: int = 16,
         max_history: int = 10_000,
         dirpath: str | os.PathLike[str] | None = None,
@@ -151,6 +155,7 @@ class StepwiseMonitor(Callback):
         self.every_n_steps = every_n_steps
         self.window = window
         self.top_k = top_k
+        self.mode_directions = mode_directions
         self.log_top_k = log_top_k
         self.max_history = max_history
         self.dirpath = Path(dirpath) if dirpath is not None else None
@@ -180,8 +185,8 @@ class StepwiseMonitor(Callback):
 
     def _validate_init_configuration(self) -> None:
         """Every argument check in one place, each naming the argument and what it accepts."""
-        for arg, low in (("every_n_steps", 1), ("window", 2), ("top_k", 1), ("log_top_k", 0), ("max_history", 2),
-                         ("lr_optimizer", 0)):
+        for arg, low in (("every_n_steps", 1), ("window", 2), ("top_k", 1), ("mode_directions", 0), ("log_top_k", 0),
+                         ("max_history", 2), ("lr_optimizer", 0)):
             value = getattr(self, arg)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"StepwiseMonitor: {arg} must be an integer >= {low}, got {value!r}")
@@ -220,7 +225,10 @@ class StepwiseMonitor(Callback):
 
         Keys: ``step``, ``epoch``, ``time`` (sum of the learning rate over the steps taken),
         ``lr_x_step``, ``lr``, ``samples``, ``loss``, ``trace``, ``effective_rank``,
-        ``participation_ratio``, ``measurement`` and ``eigenvalues`` (rows x k, descending).
+        ``participation_ratio``, ``measurement`` and ``eigenvalues`` (rows x k, descending); with identity
+        tracking (``mode_directions > 0``) also ``mode_ids``, ``mode_eigenvalues`` and ``mode_overlap``
+        (rows x m: each row's tracked modes by eigenvalue, their identities and overlaps; see
+        :data:`~lightning_stepwise.history.MODE_COLUMNS`).
         """
         if self.tracker is None:
             return SpectrumHistory().as_arrays()
@@ -294,7 +302,8 @@ class StepwiseMonitor(Callback):
             self.tracker = SpectrumTracker(
                 [PointSpec(p.name, self.normalize if self.normalize is not None else p.loss_normalizes)
                  for p in self._points],
-                every_n_steps=self.every_n_steps, window=self.window, top_k=self.top_k, max_history=self.max_history,
+                every_n_steps=self.every_n_steps, window=self.window, top_k=self.top_k,
+                mode_directions=self.mode_directions, max_history=self.max_history,
                 spectrum=self.spectrum, onset_options=self.onset_options, strict=self.strict, owner="StepwiseMonitor")
             self._problem_totals = None
         self._module_ref = pl_module

@@ -178,41 +178,49 @@ def detect_onsets(
         eigenvalues: (T, k) eigenvalues, descending in every row (as the monitor records them), or
             (T,) for a single mode. Columns that are entirely NaN (padding) are ignored; rows with
             other NaN or infinite values are left out with an :class:`OnsetInputWarning`.
-        mode_ids: (T, m) identity of the eigen-direction of each of the first ``m <= k`` columns (``-1``:
-            none), as :class:`~lightning_stepwise.mode_identity.ModeMatcher` gives them and the monitor
-            records them (``mode_ids`` in its history). Without them the identities are guessed from the
-            eigenvalues alone (:func:`~lightning_stepwise.mode_identity.continuity_identities`).
+        mode_ids: (T, m) identity of each of the first ``m <= k`` columns (``-1``: none), as
+            :class:`~lightning_stepwise.mode_identity.ModeMatcher` gives them and the monitor records them
+            (``mode_ids`` with ``mode_eigenvalues`` in its history). Each identity's trajectory is then
+            examined on its own (the identity route, below); without them the columns are sorted ranks.
         epochs: (T,) epoch of each row; adds ``onset_epoch`` (the epoch in progress at the onset).
         times: (T,) effective time (learning rate × steps) of each row; adds ``onset_time``.
         min_rise: factor by which a mode must rise above its floor to count as learned.
-        min_relative_plateau: smallest plateau of a learned mode, as a fraction of the largest plateau of
-            the modes learned before it.
-        smoothing: rows of the running median applied to each mode's trajectory first (odd; 1: none).
+        min_relative_plateau: smallest plateau, as a fraction of the largest eigenvalue in the plateau
+            row, of a learned mode. Early in training the whole spectrum often grows together (the
+            embedding's scale adapts); the small eigenvalues then rise tenfold without being learned.
+        smoothing: rows of the running median applied first (odd; 1 turns it off).
         plateau_rows: rows after the plateau that must not exceed it before the rise counts as finished
             (the confirmation delay; also the rows the rise must stay above ``min_rise`` × floor).
         per_mode: the columns are each one mode's own trajectory (e.g. a theory's prediction), not
-            sorted spectra; rows then need not be sorted.
+            sorted spectra; they are then analysed independently and rows need not be sorted.
 
-    Every identity's trajectory is examined on its own (see the module docs). Besides rising
-    ``min_rise`` above its own floor, a learned mode must rise ``sqrt(min_rise)`` times more than the
-    *bulk* of the spectrum (the 10th percentile of each row): when the whole spectrum grows together
-    (the embedding's scale adapting early in training), nothing is learned. A mode whose identity
-    begins in the middle of the spectrum takes its floor from the rank it appeared at in the rows
-    before; its onset must lie within its own rows (a direction that changes identity on its plateau is
-    not a new mode).
+    In sorted rows a column also rises when a mode below it is learned: as that mode climbs through
+    the floors, each one it passes moves down a rank, so the column takes a larger floor value. These
+    shifts are over once the column above has begun to leave its own floor, so the floor of column
+    ``j`` is looked for only from there, and a plateau no higher than ``sqrt(min_rise)`` times the
+    floor of the last learned column above is a shift, not a mode.
+
+    With ``mode_ids`` (the identity route) no rank shift can occur: each identity's own trajectory must rise
+    ``min_rise`` above its floor and ``sqrt(min_rise)`` times more than the *bulk* of the spectrum (the 10th
+    percentile of each row: when the whole spectrum grows together, as the embedding's scale adapts early
+    in training, nothing is learned), and its plateau must be at least ``min_relative_plateau`` of the
+    largest plateau learned before it. A mode whose identity begins in the middle of the run takes its
+    floor from the rank it appeared at in the rows before, and its onset must lie within its own rows
+    (a direction renamed on its plateau is not a new mode).
 
     Returns:
-        One record (a dict with the keys of :data:`ONSET_COLUMNS`) per learned mode, by ``mode``: the
-        order in which the modes were learned (confirmed), 0 first. ``identity`` is the mode's identity
-        (the column, for ``per_mode``). Steps are interpolated between rows, so they need not be whole
-        numbers. ``confirmed_step`` is the last row the detection needed: an online detector knows the
-        onset from then on. ``loss_drop_*`` are NaN until :func:`match_loss_drops` fills them,
-        ``predicted_onset_step`` and ``relative_error`` until
+        One record (a dict with the keys of :data:`ONSET_COLUMNS`) per learned mode, by increasing
+        ``mode``: on sorted rows the column index (the rank in the sorted spectrum); on the identity route
+        the order in which the modes were learned (confirmed), with ``identity`` the mode's identity (NaN
+        on sorted rows). Steps are interpolated between rows, so they need not be whole numbers.
+        ``confirmed_step`` is the last row the detection needed: an online detector knows the onset from
+        then on. ``loss_drop_*`` are NaN until
+        :func:`match_loss_drops` fills them, ``predicted_onset_step`` and ``relative_error`` until
         :meth:`~lightning_stepwise.theory.TheoryPrediction.annotate` does.
 
     Raises:
         ValueError: fewer than 3 usable rows, steps not increasing, shapes that do not match, rows
-            not sorted (unless ``per_mode`` or ``mode_ids``), or options out of range.
+            not sorted (unless ``per_mode``), or options out of range.
 
     Examples:
         >>> steps = np.arange(0, 400, 10)
@@ -221,14 +229,132 @@ def detect_onsets(
         >>> [(r["mode"], round(r["onset_step"])) for r in detect_onsets(steps, eigs)]
         [(0, 100), (1, 250)]
     """
-    options = check_onset_options(min_rise=min_rise, min_relative_plateau=min_relative_plateau,
-                                  smoothing=smoothing, plateau_rows=plateau_rows)
-    tracker = OnsetTracker(**options)
-    return tracker.update(steps, eigenvalues, mode_ids=mode_ids, epochs=epochs, times=times, per_mode=per_mode,
-                          _offline=True)
+    options = check_onset_options(min_rise=min_rise, min_relative_plateau=min_relative_plateau, smoothing=smoothing,
+                                  plateau_rows=plateau_rows)
+    if mode_ids is not None:
+        return OnsetTracker(**options).update(steps, eigenvalues, mode_ids=mode_ids, epochs=epochs, times=times,
+                                              _checked=True)
+    s, values, epoch_column, time_column, columns = _prepare(steps, eigenvalues, epochs, times, per_mode)
+    if values.shape[1] == 0:
+        return []
+    records, _ = _scan(s, values, values.max(axis=1), epoch_column, time_column, columns, per_mode=per_mode,
+                       min_rise=min_rise, min_relative_plateau=min_relative_plateau, smoothing=smoothing,
+                       plateau_rows=plateau_rows)
+    return records
 
 
 def _prepare(
+    steps: ArrayLike, eigenvalues: ArrayLike, epochs: ArrayLike | None, times: ArrayLike | None, per_mode: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Checked float arrays, all-NaN columns and non-finite rows left out; the kept column indices."""
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2:
+        raise ValueError(f"eigenvalues must be (T, k) or (T,), got shape {values.shape}")
+    rows = values.shape[0]
+    s = steps_array(steps, rows, "eigenvalues")
+    epoch_column = optional_column(epochs, rows, "epochs")
+    time_column = optional_column(times, rows, "times")
+    if rows < 3:
+        raise ValueError(f"need at least 3 measurements to detect steps, got {rows}")
+    columns = np.flatnonzero(~np.all(np.isnan(values), axis=0))
+    values = values[:, columns]
+    keep = keep_finite_rows(np.all(np.isfinite(values), axis=1), "eigenvalue")
+    values, s = values[keep], s[keep]
+    epoch_column = epoch_column[keep] if epoch_column is not None else None
+    time_column = time_column[keep] if time_column is not None else None
+    if not per_mode and values.shape[1] > 1:
+        tolerance = 1e-9 * np.abs(values[:, :-1])
+        unsorted = np.flatnonzero(np.any(values[:, 1:] > values[:, :-1] + tolerance, axis=1))
+        if unsorted.size:
+            raise ValueError(
+                f"eigenvalue rows must be sorted in descending order (as StepwiseMonitor records them), but "
+                f"{unsorted.size} rows are not (first: row {int(unsorted[0])}); sort them with "
+                "np.sort(eigenvalues, axis=1)[:, ::-1], or pass per_mode=True if each column is one mode's own "
+                "trajectory")
+    return s, values, epoch_column, time_column, columns
+
+
+def _scan(
+    s: np.ndarray,
+    values: np.ndarray,
+    row_max: np.ndarray,
+    epoch_column: np.ndarray | None,
+    time_column: np.ndarray | None,
+    columns: np.ndarray,
+    *,
+    per_mode: bool,
+    min_rise: float,
+    min_relative_plateau: float,
+    smoothing: int,
+    plateau_rows: int,
+    first_row: int = 0,
+    previous_floor: float = 0.0,
+) -> tuple[list[dict[str, float]], list[tuple[int, float]]]:
+    """The detection proper, from ``first_row`` on.
+
+    Also returns, per column scanned, the state the next column starts from: (row, floor of the last
+    learned column).
+    """
+    # Rows whose median window runs past the end would change when more rows arrive: leave them out,
+    # so that an onset found on a prefix of a trajectory is the onset found on all of it.
+    usable = len(s) - smoothing // 2
+    smoothed = running_median(np.maximum(values, _TINY), smoothing)[:usable]
+    top = running_median(row_max, smoothing)[:usable]
+    last_row = len(s) - 1
+    records: list[dict[str, float]] = []
+    exits: list[tuple[int, float]] = []
+    # In sorted rows a column also rises when a mode below it is learned: as that mode climbs through the
+    # floors, each one it passes shifts down a rank, so the column takes a larger floor. The shifts of
+    # column j are over once column j - 1 has clearly left its own floor, so (unless per_mode) the floor
+    # of column j is looked for only from there.
+    search_from = first_row
+    for j in range(values.shape[1]):
+        if search_from >= usable:
+            break
+        left_at, floor_row, plateau_row = _find_rise(smoothed[search_from:, j], min_rise, plateau_rows)
+        next_search_from = search_from + left_at if left_at is not None and not per_mode else search_from
+        if plateau_row is None:
+            search_from = next_search_from
+            exits.append((search_from, previous_floor))
+            continue
+        floor_row, plateau_row = search_from + floor_row, search_from + plateau_row
+        search_from = next_search_from
+        m = smoothed[:, j]
+        plateau = float(m[plateau_row])
+        # no higher than the floor the column above left (a shift, not a learned mode), or tiny
+        if plateau < math.sqrt(min_rise) * previous_floor or plateau < min_relative_plateau * top[plateau_row]:
+            exits.append((search_from, previous_floor))
+            continue
+        if not per_mode:
+            previous_floor = float(m[floor_row])
+        exits.append((search_from, previous_floor))
+        onset = level_crossing(s, m, 0.5 * plateau, floor_row, plateau_row)
+        start = level_crossing(s, m, 0.1 * plateau, floor_row, plateau_row)
+        end = level_crossing(s, m, 0.9 * plateau, floor_row, plateau_row)
+        confirmed_row = min(plateau_row + plateau_rows + smoothing // 2, last_row)
+        records.append({
+            "mode": int(columns[j]),
+            "onset_step": onset,
+            "rise_start_step": start,
+            "rise_end_step": end,
+            "rise_steps": end - start,
+            "floor": float(m[floor_row]),
+            "plateau": plateau,
+            "onset_epoch": _epoch_at(s, epoch_column, onset),
+            "onset_time": _value_at(s, time_column, onset),
+            "confirmed_step": float(s[confirmed_row]),
+            "loss_drop_step": math.nan,
+            "loss_drop": math.nan,
+            "predicted_onset_step": math.nan,
+            "relative_error": math.nan,
+            "identity": math.nan,
+        })
+    return records, exits
+
+
+def _prepare_identities(
     steps: ArrayLike, eigenvalues: ArrayLike, mode_ids: ArrayLike | None, epochs: ArrayLike | None,
     times: ArrayLike | None, check_sorted: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -340,13 +466,13 @@ def _identity_rise(
 
 
 class OnsetTracker:
-    """:func:`detect_onsets` for a trajectory that grows during training.
+    """:func:`detect_onsets` for a trajectory that grows during training, at a cost that does not grow.
 
     Give :meth:`update` the whole trajectory so far each time; it returns the modes newly confirmed.
-    With ``mode_ids`` it examines only the identities present in the rows added since the last call
-    (the others cannot change), so the cost follows the live modes, not the length of the run.
-    Detection is causal: the records are those :func:`detect_onsets` finds on the same rows, and a
-    record never changes once made.
+    It scans only the columns from the first one not yet settled (learned, or passed over by
+    ``settle_after`` learned modes above it) up to ``lookahead`` columns beyond the last learned mode,
+    and only the rows from where that column's search starts. Detection is causal, so the records
+    are those :func:`detect_onsets` finds on the same rows, and a record never changes once made.
 
     Examples:
         >>> steps = np.arange(0, 400, 10)
@@ -359,36 +485,75 @@ class OnsetTracker:
         [1]
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, lookahead: int = 32, settle_after: int = 8, **options: Any) -> None:
+        if lookahead < 1 or settle_after < 1:
+            raise ValueError(f"lookahead and settle_after must be >= 1, got {lookahead} and {settle_after}")
+        self.lookahead = lookahead
+        self.settle_after = settle_after
         self.options = check_onset_options(**options)
-        #: Confirmed records by identity.
+        #: Confirmed records by mode.
         self.records: dict[int, dict[str, float]] = {}
-        self._scanned_step = -math.inf  # rows up to here were examined with all the rows they need
+        self._first = 0  # first column not settled
+        self._resume_step = -math.inf  # where its search starts
+        self._previous_floor = 0.0
+        self._scanned_step = -math.inf  # identity route: rows up to here were examined with all they need
 
     def update(self, steps: ArrayLike, eigenvalues: ArrayLike, *, mode_ids: ArrayLike | None = None,
-               epochs: ArrayLike | None = None, times: ArrayLike | None = None, per_mode: bool = False,
-               _offline: bool = False) -> list[dict[str, float]]:
-        """Scan the trajectory so far; return the records of newly learned modes, in the order learned."""
-        from lightning_stepwise.mode_identity import continuity_identities, identity_series
+               epochs: ArrayLike | None = None, times: ArrayLike | None = None,
+               _checked: bool = False) -> list[dict[str, float]]:
+        """Scan the trajectory so far; return the records of newly learned modes.
 
-        if _offline:
-            s, values, ids, epoch_column, time_column = _prepare(steps, eigenvalues, mode_ids, epochs, times,
-                                                                 check_sorted=not per_mode and mode_ids is None)
-        else:
-            values = np.asarray(eigenvalues, dtype=np.float64)
-            if len(values) < 3:
-                return []
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s, values, ids, epoch_column, time_column = _prepare(steps, eigenvalues, mode_ids, epochs, times,
-                                                                     check_sorted=False)
-        if values.shape[1] == 0:
+        Sorted rows, or with ``mode_ids`` the identity route (see :func:`detect_onsets`): then only the
+        identities present in the rows added since the last call are examined (the others cannot change),
+        so the cost follows the live modes, not the length of the run.
+        """
+        if mode_ids is not None:
+            return self._update_identities(steps, eigenvalues, mode_ids, epochs, times, _checked)
+        values = np.asarray(eigenvalues, dtype=np.float64)
+        values = values[:, None] if values.ndim == 1 else values
+        s = steps_array(steps, len(values), "eigenvalues")
+        start = int(np.searchsorted(s, self._resume_step))
+        lo = max(start - self.options["smoothing"] // 2, 0)  # rows the first medians need
+        last = max(self.records, default=self._first - 1) + 1 + self.lookahead
+        if len(s) - lo < 3 or self._first >= values.shape[1]:
             return []
-        if ids is None:
-            if per_mode:
-                ids = np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
-            else:
-                ids = continuity_identities(s, values, smoothing=self.options["smoothing"])
+        # only the rows and columns scanned are checked and converted: the cost stays flat as the run grows
+        s, window, epoch_column, time_column, columns = _prepare(
+            s[lo:], values[lo:, self._first : last],
+            None if epochs is None else np.asarray(epochs)[lo:], None if times is None else np.asarray(times)[lo:],
+            False)
+        kept_rows = np.isin(np.asarray(steps, dtype=np.float64)[lo:], s)
+        scanned = columns + self._first
+        row_max = values[lo:][kept_rows].max(axis=1, initial=0.0)
+        records, exits = _scan(s, window, row_max, epoch_column, time_column, scanned,
+                               per_mode=False, first_row=start - lo, previous_floor=self._previous_floor,
+                               **self.options)
+        new = [r for r in records if r["mode"] not in self.records]
+        for r in new:
+            self.records[int(r["mode"])] = r
+        for i, (row, previous_floor) in enumerate(exits):
+            column = int(scanned[i])
+            passed = sum(1 for mode in self.records if mode > column)
+            if column not in self.records and passed < self.settle_after:
+                break
+            self._first = column + 1
+            self._resume_step = float(s[min(row, len(s) - 1)])
+            self._previous_floor = previous_floor
+        return new
+
+    def _update_identities(self, steps: ArrayLike, eigenvalues: ArrayLike, mode_ids: ArrayLike,
+                           epochs: ArrayLike | None, times: ArrayLike | None, checked: bool) -> list[dict[str, float]]:
+        from lightning_stepwise.mode_identity import identity_series
+
+        if not checked and len(np.asarray(eigenvalues)) < 3:
+            return []
+        with warnings.catch_warnings():
+            if not checked:
+                warnings.simplefilter("ignore")
+            s, values, ids, epoch_column, time_column = _prepare_identities(steps, eigenvalues, mode_ids, epochs,
+                                                                            times, check_sorted=False)
+        if ids is None or not ids.size:
+            return []
         usable = len(s) - self.options["smoothing"] // 2
         first_new = int(np.searchsorted(s, self._scanned_step, side="right"))
         since = max(first_new - self.options["smoothing"], 0)
@@ -420,10 +585,16 @@ class OnsetTracker:
 
     def state_dict(self) -> dict[str, Any]:
         """The scan position (the records are the caller's to keep)."""
-        return {"scanned_step": self._scanned_step}
+        return {"first": self._first, "resume_step": self._resume_step, "previous_floor": self._previous_floor,
+                "scanned_step": self._scanned_step}
 
     def load_state_dict(self, state: Mapping[str, Any], records: Sequence[Mapping[str, float]]) -> None:
-        """Restore from :meth:`state_dict` and the records it had."""
+        """Restore from :meth:`state_dict` and the records it had (keyed by identity on the identity route)."""
+        self._first = int(state["first"])
+        self._resume_step = float(state["resume_step"])
+        self._previous_floor = float(state["previous_floor"])
         self._scanned_step = float(state.get("scanned_step", -math.inf))
-        self.records = {int(r["identity"]) if math.isfinite(float(r.get("identity", math.nan))) else int(r["mode"]):
-                        {**r, "mode": int(r["mode"])} for r in records}
+        self.records = {}
+        for r in records:
+            identity = float(r.get("identity", math.nan))
+            self.records[int(identity) if math.isfinite(identity) else int(r["mode"])] = {**r, "mode": int(r["mode"])}

@@ -131,7 +131,7 @@ class SpectrumProblem:
             return self.solve(), None
         values, vectors = torch.linalg.eigh(self.matrix)
         eigenvalues = self._eigenvalues(values.flip(0))
-        k = min(self.directions, vectors.shape[1])
+        k = min(self.directions, vectors.shape[1], self.dim)
         if self.rank_limit is not None:
             k = min(k, max(int(self.rank_limit), 0))
         top = vectors.flip(1)[:, :k]

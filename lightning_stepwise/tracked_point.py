@@ -7,12 +7,14 @@ accumulator for a window, the history, the onsets and their checkpoint state.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +28,7 @@ from lightning_stepwise.accumulators import (
 from lightning_stepwise.capture import to_embedding_rows
 from lightning_stepwise.distributed import all_gather_floats
 from lightning_stepwise.history import SpectrumHistory
+from lightning_stepwise.mode_identity import ModeMatcher
 from lightning_stepwise.onsets import ONSET_COLUMNS, OnsetTracker
 from lightning_stepwise.problems import ProblemCounter
 from lightning_stepwise.spectrum import uses_gram_route
@@ -70,6 +73,10 @@ class TrackedPoint:
         self.history = SpectrumHistory(max_history)
         self.onset_options = dict(onset_options or {})
         self.onsets = OnsetTracker(**self.onset_options)
+        #: Identities of the eigen-directions, followed from measurement to measurement.
+        self.matcher = ModeMatcher()
+        #: The direction of each learned mode at its onset, by identity (float32, embedding space).
+        self.onset_directions: dict[int, np.ndarray] = {}
         self.problems = problems
         # agreed across ranks at the first batch that brought rows anywhere
         self.dim: int | None = None
@@ -172,14 +179,45 @@ class TrackedPoint:
             self.rank_rows = int(max(n for n, _, _ in table))
             self.float64 = any(f > 0 for n, _, f in table if n > 0)
 
+    def identify_modes(self, eigenvalues: np.ndarray, directions: np.ndarray | None, *,
+                       commit: bool = True) -> dict[str, np.ndarray] | None:
+        """The per-mode columns of one measurement (identities, eigenvalues, overlaps), or None without directions.
+
+        ``commit=False`` (a partial window, measured again later) leaves the identities as they were.
+        """
+        if directions is None or not directions.shape[1]:
+            return None
+        matcher = self.matcher if commit else copy.deepcopy(self.matcher)
+        try:
+            ids, values, overlaps = matcher.update(eigenvalues[: directions.shape[1]], directions)
+        except Exception as err:
+            if self.problems.strict:
+                raise
+            self.problems.report("failed_onset_updates", f"`{self.name}`: mode identities could not be followed "
+                                 f"({type(err).__name__}: {err}); this measurement has none")
+            return None
+        return {"mode_ids": ids, "mode_eigenvalues": values, "mode_overlap": overlaps}
+
     def update_onsets(self) -> list[dict[str, float]]:
-        """Run onset detection on the history; the modes newly learned (a failure is counted, not raised)."""
+        """Run onset detection on the history; the modes newly learned (a failure is counted, not raised).
+
+        Per identity when the history has identity-tracked modes; on the sorted eigenvalues otherwise.
+        """
         arrays = self.history.as_arrays()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return self.onsets.update(arrays["step"], arrays["eigenvalues"], epochs=arrays["epoch"],
-                                          times=arrays["time"])
+                if "mode_ids" in arrays and arrays["mode_ids"].shape[1]:
+                    new = self.onsets.update(arrays["step"], arrays["mode_eigenvalues"], mode_ids=arrays["mode_ids"],
+                                             epochs=arrays["epoch"], times=arrays["time"])
+                else:
+                    new = self.onsets.update(arrays["step"], arrays["eigenvalues"], epochs=arrays["epoch"],
+                                             times=arrays["time"])
+            for record in new:
+                direction = self.matcher.direction(int(record["identity"]))
+                if direction is not None:
+                    self.onset_directions[int(record["identity"])] = direction
+            return new
         except Exception as err:
             if self.problems.strict:
                 raise
@@ -189,7 +227,7 @@ class TrackedPoint:
 
     def state_dict(self) -> dict[str, Any]:
         """History, onsets, agreed shape and every rank's partial window (a collective under DDP)."""
-        records = [self.onsets.records[m] for m in sorted(self.onsets.records)]
+        records = sorted(self.onsets.records.values(), key=lambda r: r["mode"])
         return {
             "history": self.history.state_dict(),
             "onsets": torch.tensor([[float(r[c]) for c in ONSET_COLUMNS] for r in records],
@@ -198,6 +236,9 @@ class TrackedPoint:
             "dim": self.dim, "rows_per_batch": self.rows_per_batch, "rank_rows": self.rank_rows,
             "float64": self.float64, "disabled": self.disabled, "skipped_counted": self.skipped_counted,
             "accumulators": None if self.accumulator is None else self.accumulator.rank_state_dicts(),
+            "matcher": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                        for k, v in self.matcher.state_dict().items()},
+            "onset_directions": {str(i): torch.from_numpy(d) for i, d in self.onset_directions.items()},
         }
 
     def load_state_dict(self, saved: Mapping[str, Any], *, same_world: bool, rank: int) -> bool:
@@ -206,6 +247,11 @@ class TrackedPoint:
         records = [dict(zip(saved["onset_columns"], row, strict=True)) for row in saved["onsets"].tolist()]
         self.onsets = OnsetTracker(**self.onset_options)
         self.onsets.load_state_dict(saved["onset_tracker"], records)
+        self.matcher = ModeMatcher()
+        if "matcher" in saved:
+            self.matcher.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                          for k, v in saved["matcher"].items()})
+        self.onset_directions = {int(i): d.numpy() for i, d in saved.get("onset_directions", {}).items()}
         self.skipped_counted = int(saved["skipped_counted"])
         self.accumulator = None
         if not same_world:  # the agreement holds for the same ranks; a new world agrees again

@@ -45,7 +45,7 @@ __all__ = ["SPECTRA", "Measurement", "PointSpec", "SpectrumTracker"]
 
 #: What a tracker can measure: the covariance of all rows, or the two views' cross-correlation.
 SPECTRA = ("covariance", "cross_correlation")
-STATE_VERSION = 3  # 3: per-rank window statistics, problem counts (2: one rank's window)
+STATE_VERSION = 4  # 4: mode identities; 3: per-rank window statistics, problem counts (2: one rank's window)
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,8 @@ class SpectrumTracker:
         every_n_steps: steps between the openings of two windows.
         window: samples (embedding rows, all ranks) a window gathers before it is solved.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
+        mode_directions: eigen-directions obtained per measurement and followed by identity (see
+            :class:`~lightning_stepwise.mode_identity.ModeMatcher`); 0 records sorted eigenvalues only.
         max_history: rows kept per point; beyond it the history thins itself evenly.
         spectrum: ``"covariance"`` or ``"cross_correlation"`` (rows must be two stacked views).
         onset_options: options of :func:`~lightning_stepwise.onsets.detect_onsets`.
@@ -131,6 +133,7 @@ class SpectrumTracker:
         every_n_steps: int = 50,
         window: int = 1024,
         top_k: int = 256,
+        mode_directions: int = 64,
         max_history: int = 10_000,
         spectrum: str = "covariance",
         onset_options: Mapping[str, Any] | None = None,
@@ -146,6 +149,7 @@ class SpectrumTracker:
         self.every_n_steps = every_n_steps
         self.window_size = window
         self.top_k = top_k
+        self.mode_directions = mode_directions
         self.spectrum = spectrum
         self.device = torch.device(device) if device is not None else None
         self.problems = ProblemCounter(owner, strict=strict,
@@ -188,7 +192,7 @@ class SpectrumTracker:
     def onset_records(self, point: str) -> list[dict[str, float]]:
         """One point's learned modes so far, by mode (copies: nothing outside changes the tracker's)."""
         records = self._point(point).onsets.records
-        return [dict(records[m]) for m in sorted(records)]
+        return sorted((dict(r) for r in records.values()), key=lambda r: r["mode"])
 
     def modes_learned(self, point: str) -> int:
         """How many modes of one point have been learned so far."""
@@ -276,7 +280,7 @@ class SpectrumTracker:
                 if partial:  # a window kept open must keep this rank's own statistics for a resumed run
                     acc = copy.deepcopy(acc)
                 acc.reduce_across_ranks()
-            problems[p.spec.name] = acc.problem()
+            problems[p.spec.name] = acc.problem(directions=self.mode_directions)
             if not partial:
                 p.accumulator = None
         spanned = window.last_step - window.step + 1
@@ -341,8 +345,10 @@ class SpectrumTracker:
                                  f"step {window.step}; no spectrum recorded", key=f"{p.spec.name}:too_few")
             return
         top = result.eigenvalues[: self.top_k]
+        modes = p.identify_modes(result.eigenvalues, result.directions, commit=not pending.partial)
         p.history.append(
-            measurement=pending.measurement, eigenvalues=top, step=window.step, epoch=window.epoch, time=window.time,
+            measurement=pending.measurement, eigenvalues=top, modes=modes, step=window.step, epoch=window.epoch,
+            time=window.time,
             lr=window.lr, lr_x_step=window.lr * window.step, samples=int(result.samples), loss=loss,
             trace=result.summary.trace, effective_rank=result.summary.effective_rank,
             participation_ratio=result.summary.participation_ratio)
@@ -402,7 +408,7 @@ class SpectrumTracker:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; ``ValueError`` for a state of another version."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (3, STATE_VERSION):  # 3: no identities yet; they start afresh
             raise ValueError(f"state version {state.get('version')} is not {STATE_VERSION}")
         world, rank = distributed_world_size(), distributed_rank()
         same_world = int(state["world_size"]) == world

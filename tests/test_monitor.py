@@ -408,7 +408,7 @@ def test_a_failing_eigensolve_warns_once_and_training_goes_on(monkeypatch):
     def broken(self):
         raise torch.linalg.LinAlgError("the algorithm failed to converge")
 
-    monkeypatch.setattr(SpectrumProblem, "solve", broken)
+    monkeypatch.setattr(SpectrumProblem, "solve_with_directions", broken)
     monitor = StepwiseMonitor(every_n_steps=2, window=32)
     with pytest.warns(StepwiseWarning, match="could not be computed.*failed to converge") as record:
         trainer(max_steps=8, callbacks=[monitor]).fit(make_ssl_module(), pair_loader())

@@ -154,7 +154,7 @@ def test_a_failing_solve_is_counted_and_strict_raises(monkeypatch):
     def broken(self):
         raise torch.linalg.LinAlgError("the algorithm failed to converge")
 
-    monkeypatch.setattr(SpectrumProblem, "solve", broken)
+    monkeypatch.setattr(SpectrumProblem, "solve_with_directions", broken)
     tracker = SpectrumTracker(["head"], every_n_steps=2, window=8)
     with pytest.warns(StepwiseWarning, match="failed to converge"):
         run(tracker, batches(6, rows=8, dim=3))
