@@ -129,6 +129,7 @@ class ModeMatcher:
             self._anchors = np.concatenate([self._anchors.reshape(v.shape[0], -1), v[:, fresh]], axis=1)
             self._missed = np.concatenate([self._missed, np.zeros(fresh.size, dtype=np.int64)])
         self._forget(v.shape[1])
+        self._prune_surplus(v)
         cos = self._anchors.T @ v
         weights = cos**2
         captured = weights.sum(axis=1)
@@ -159,6 +160,25 @@ class ModeMatcher:
         if keep.sum() > limit:
             extra = np.flatnonzero(keep)[limit:]
             keep[extra] = False  # the youngest beyond the limit
+        self._ids, self._anchors, self._missed = self._ids[keep], self._anchors[:, keep], self._missed[keep]
+
+    def _prune_surplus(self, v: np.ndarray) -> None:
+        """No more identities inside the measured span than measured directions: drop the most redundant."""
+        inside = np.flatnonzero(((self._anchors.T @ v) ** 2).sum(axis=1) >= self.min_overlap)
+        surplus = len(inside) - v.shape[1]
+        if surplus <= 0:
+            return
+        gram = (self._anchors[:, inside].T @ self._anchors[:, inside]) ** 2
+        np.fill_diagonal(gram, 0.0)
+        drop = []
+        for _ in range(surplus):
+            redundancy = gram.max(axis=1)
+            # the most redundant (its direction is most nearly another's); among equals, the youngest
+            worst = int(np.lexsort((-np.arange(len(inside)), -redundancy))[0])
+            drop.append(inside[worst])
+            gram[worst, :] = gram[:, worst] = -1.0
+        keep = np.ones(len(self._ids), dtype=bool)
+        keep[drop] = False
         self._ids, self._anchors, self._missed = self._ids[keep], self._anchors[:, keep], self._missed[keep]
 
     def state_dict(self) -> dict[str, Any]:

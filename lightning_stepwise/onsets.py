@@ -417,7 +417,8 @@ def bulk_level(eigenvalues: ArrayLike) -> np.ndarray:
     positive = np.where(np.isfinite(values) & (values > 0), values, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rows without a positive value stay NaN
-        return np.nanpercentile(positive, 10, axis=1)
+        # "lower": an actual value of the row, so one missing value in a short row cannot move it far
+        return np.nanpercentile(positive, 10, axis=1, method="lower")
 
 
 @dataclass
@@ -433,35 +434,43 @@ def _identity_rise(
 ) -> tuple[int, dict[str, float]] | None:
     """One identity's first confirmed rise: (confirmed row, record without mode/identity), or None."""
     smoothing, plateau_rows, min_rise = options["smoothing"], options["plateau_rows"], options["min_rise"]
-    own = rows < usable
+    half = smoothing // 2
+    own = rows < usable + half  # rows the median windows may use; their centres stop at `usable`
     rows, columns = rows[own], columns[own]
     if len(rows) < 3:
         return None
     birth = int(rows[0])
     # where it came from: the rank it appeared at, in the rows before (a floor for a mode that left the bulk)
     before = np.arange(max(birth - 4 * smoothing, 0), birth)
+    before = before[np.isfinite(values[before, columns[0]])]
     all_rows = np.concatenate([before, rows])
     x = np.concatenate([values[before, columns[0]], values[rows, columns]])
-    if len(x) < plateau_rows + 2:
+    # a median whose window runs past the identity's last row would change when more rows arrive: left out
+    m = running_median(np.maximum(x, _TINY), smoothing)[: len(x) - half]
+    all_rows = all_rows[: len(m)]
+    start = 0
+    while len(m) - start >= plateau_rows + 2:
+        _, floor_i, plateau_i = _find_rise(m[start:], min_rise, plateau_rows)
+        if plateau_i is None:
+            return None
+        floor_i, plateau_i = floor_i + start, plateau_i + start
+        plateau, floor = float(m[plateau_i]), float(m[floor_i])
+        floor_row, plateau_row = int(all_rows[floor_i]), int(all_rows[plateau_i])
+        bulk_rise = bulk[plateau_row] / bulk[floor_row] if bulk[floor_row] > 0 else 1.0
+        if np.isfinite(bulk_rise) and plateau / floor >= math.sqrt(min_rise) * max(bulk_rise, 1.0):
+            break
+        start = plateau_i  # the whole spectrum grew, not this mode: look for a rise of its own after it
+    else:
         return None
-    m = running_median(np.maximum(x, _TINY), smoothing)
-    _, floor_i, plateau_i = _find_rise(m, min_rise, plateau_rows)
-    if plateau_i is None:
-        return None
-    plateau, floor = float(m[plateau_i]), float(m[floor_i])
     steps = s[all_rows]
     onset = level_crossing(steps, m, 0.5 * plateau, floor_i, plateau_i)
     if before.size and onset < s[before[-1]]:
         return None  # the rise happened before this identity existed: a direction renamed on its plateau
-    floor_row, plateau_row = int(all_rows[floor_i]), int(all_rows[plateau_i])
-    bulk_rise = bulk[plateau_row] / bulk[floor_row] if bulk[floor_row] > 0 else 1.0
-    if not np.isfinite(bulk_rise) or plateau / floor < math.sqrt(min_rise) * max(bulk_rise, 1.0):
-        return None  # the whole spectrum grew, not this mode
-    confirmed_i = min(plateau_i + plateau_rows + smoothing // 2, len(all_rows) - 1)
-    start = level_crossing(steps, m, 0.1 * plateau, floor_i, plateau_i)
+    confirmed_i = min(plateau_i + plateau_rows + half, len(all_rows) - 1)
+    rise_start = level_crossing(steps, m, 0.1 * plateau, floor_i, plateau_i)
     end = level_crossing(steps, m, 0.9 * plateau, floor_i, plateau_i)
     return int(all_rows[confirmed_i]), {
-        "onset_step": onset, "rise_start_step": start, "rise_end_step": end, "rise_steps": end - start,
+        "onset_step": onset, "rise_start_step": rise_start, "rise_end_step": end, "rise_steps": end - rise_start,
         "floor": floor, "plateau": plateau}
 
 

@@ -31,6 +31,25 @@ def _log_limits(values: np.ndarray) -> tuple[float | None, float | None]:
     return bottom, top
 
 
+def _identity_curves(arrays: Mapping[str, np.ndarray],
+                     onsets: Sequence[Mapping[str, Any]]) -> dict[int, np.ndarray] | None:
+    """Each learned mode's own trajectory (NaN where its identity was not measured), by mode; None without them."""
+    ids = arrays.get("mode_ids")
+    learned = {int(r["mode"]): int(r["identity"]) for r in onsets
+               if np.isfinite(float(r.get("identity", np.nan)))}
+    if ids is None or not np.asarray(ids).size or not learned or len(learned) != len(onsets):
+        return None
+    ids = np.asarray(ids)
+    values = np.asarray(arrays["mode_eigenvalues"], dtype=np.float64)
+    curves = {}
+    for mode, identity in learned.items():
+        curve = np.full(len(ids), np.nan)
+        rows, columns = np.nonzero(ids == identity)
+        curve[rows] = values[rows, columns]
+        curves[mode] = curve
+    return curves
+
+
 def plot_stepwise(
     arrays: Mapping[str, np.ndarray],
     onsets: Sequence[Mapping[str, Any]] = (),
@@ -43,7 +62,11 @@ def plot_stepwise(
     predicted: Mapping[str, np.ndarray] | None = None,
     ylabel: str = "covariance eigenvalue",
 ) -> Any:
-    """Eigenvalue trajectories (log scale, coloured by mode rank) with onsets marked, over the loss.
+    """Eigenvalue trajectories (log scale) with onsets marked, over the loss.
+
+    With identity-tracked modes (``mode_ids`` in ``arrays`` and onsets that carry an ``identity``) each
+    learned mode's own curve is drawn in its colour over the sorted spectrum in grey, so a mode keeps its
+    colour when it crosses another; otherwise the sorted eigenvalues are coloured by rank.
 
     Args:
         arrays: a history as :meth:`StepwiseMonitor.history` or :func:`load_spectrum` returns it.
@@ -94,15 +117,25 @@ def plot_stepwise(
     cmap = matplotlib.colormaps["viridis"]
     norm = Normalize(0, max(modes - 1, 1))
     positive = np.where(eigenvalues > 0, eigenvalues, np.nan)
-    for j in range(modes):
-        ax.plot(xs, positive[:, j], color=cmap(norm(j)), lw=1.1)
+    identities = _identity_curves(arrays, onsets)
+    by_identity = identities is not None
+    if by_identity:  # the sorted spectrum in grey behind, each learned mode's own curve in its colour
+        cmap = matplotlib.colormaps["turbo"]
+        norm = Normalize(0, max(len(onsets) - 1, 1))
+        for j in range(modes):
+            ax.plot(xs, positive[:, j], color="0.82", lw=0.8, zorder=1)
+        for mode, curve in identities.items():
+            ax.plot(xs, np.where(curve > 0, curve, np.nan), color=cmap(norm(mode)), lw=1.4, zorder=2)
+    else:
+        for j in range(modes):
+            ax.plot(xs, positive[:, j], color=cmap(norm(j)), lw=1.1)
     for r in onsets:
         j = int(r["mode"])
-        if j >= modes:
+        if j >= (len(onsets) if by_identity else modes):
             continue
         ox = to_x(float(r["onset_step"]))
         ax.axvline(ox, color=cmap(norm(j)), lw=0.5, alpha=0.35)
-        ax.plot([ox], [0.5 * float(r["plateau"])], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6)
+        ax.plot([ox], [0.5 * float(r["plateau"])], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6, zorder=3)
     ax.set_yscale("log")
     if predicted is not None:
         p_steps = np.asarray(predicted["step"], dtype=np.float64)
@@ -140,7 +173,8 @@ def plot_stepwise(
             cax.tick_params(axis="y", colors="tab:blue")
             cax.set_ylim(0, max(len(onsets), 1) * 1.1)
     axes[-1, 0].set_xlabel("optimizer step" if x == "step" else "effective time (sum of learning rates)")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 0].tolist(), label="mode (rank)", pad=0.01)
+    label = "learned mode (by identity; grey: sorted spectrum)" if by_identity else "mode (rank)"
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes[:, 0].tolist(), label=label, pad=0.01)
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

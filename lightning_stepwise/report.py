@@ -358,7 +358,9 @@ def report_run(
             note = (f"{rows} measurement{'s' if rows != 1 else ''}: finding learned modes needs at least 3 "
                     "(measure more often with every_n_steps, or train longer)")
         else:
-            onsets = detect_onsets(arrays["step"], arrays["eigenvalues"], epochs=arrays.get("epoch"),
+            identities = "mode_ids" in arrays and bool((np.asarray(arrays["mode_ids"]) >= 0).any())
+            onsets = detect_onsets(arrays["step"], arrays["mode_eigenvalues" if identities else "eigenvalues"],
+                                   mode_ids=arrays["mode_ids"] if identities else None, epochs=arrays.get("epoch"),
                                    times=arrays.get("time"), **onset_options)
         table, drops = final_onset_table(arrays, onsets)
         suffix = path.stem[len("spectrum"):]
