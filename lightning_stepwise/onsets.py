@@ -90,8 +90,12 @@ def _epoch_at(steps: np.ndarray, epochs: np.ndarray | None, step: float) -> floa
     return float(epochs[max(i, 0)])
 
 
-def _find_rise(m: np.ndarray, min_rise: float, plateau_rows: int) -> tuple[int | None, int, int | None]:
+def _find_rise(m: np.ndarray, min_rise: float, plateau_rows: int,
+               tolerance: np.ndarray | float = 0.02) -> tuple[int | None, int, int | None]:
     """Of a smoothed column: (row where it starts to leave its floor, floor row, plateau row).
+
+    The rise levels off at the first row that none of the next ``plateau_rows`` rows exceeds by more than
+    ``tolerance`` (relative; one per row, or one for all).
 
     The first is the last row within ``min_rise ** 0.1`` (1.26 for 10) of the running minimum before the
     column first rises by ``min_rise ** 0.3`` (2 for 10); None when it never does; the plateau row is None when
@@ -112,8 +116,9 @@ def _find_rise(m: np.ndarray, min_rise: float, plateau_rows: int) -> tuple[int |
     # the first row from risen_at on that none of the next plateau_rows rows exceeds
     ahead = np.lib.stride_tricks.sliding_window_view(m[risen_at + 1 :], plateau_rows) \
         if len(m) - risen_at - 1 >= plateau_rows else np.zeros((0, plateau_rows))
-    # (within 2 %, or a noiseless rise that approaches its plateau forever would never level off)
-    leveled = np.flatnonzero(1.02 * m[risen_at : risen_at + len(ahead)] >= ahead.max(axis=1, initial=-np.inf))
+    # (within a tolerance, or a noiseless rise that approaches its plateau forever would never level off)
+    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), m.shape)[risen_at : risen_at + len(ahead)]
+    leveled = np.flatnonzero((1 + tol) * m[risen_at : risen_at + len(ahead)] >= ahead.max(axis=1, initial=-np.inf))
     if not leveled.size:
         return left_at, floor_row, None
     return left_at, floor_row, risen_at + int(leveled[0])
@@ -430,29 +435,43 @@ class _Candidate:
 
 def _identity_rise(
     s: np.ndarray, values: np.ndarray, rows: np.ndarray, columns: np.ndarray, bulk: np.ndarray, usable: int,
-    options: Mapping[str, Any],
-) -> tuple[int, dict[str, float]] | None:
-    """One identity's first confirmed rise: (confirmed row, record without mode/identity), or None."""
+    options: Mapping[str, Any], *, born: bool = True,
+) -> tuple[tuple[int, dict[str, float]] | None, int]:
+    """One identity's first confirmed rise: ((confirmed row, record without mode/identity) or None, floor row).
+
+    ``rows`` may start after the identity's first row (``born=False``): a scan resumed from the row of its
+    lowest value so far, which finds the same rise as a scan of all its rows. The floor row returned is
+    where the next scan may resume.
+    """
     smoothing, plateau_rows, min_rise = options["smoothing"], options["plateau_rows"], options["min_rise"]
     half = smoothing // 2
     own = rows < usable + half  # rows the median windows may use; their centres stop at `usable`
     rows, columns = rows[own], columns[own]
     if len(rows) < 3:
-        return None
+        return None, int(rows[0]) if len(rows) else 0
     birth = int(rows[0])
     # where it came from: the rank it appeared at, in the rows before (a floor for a mode that left the bulk)
-    before = np.arange(max(birth - 4 * smoothing, 0), birth)
+    before = np.arange(max(birth - 4 * smoothing, 0), birth) if born else np.zeros(0, dtype=np.int64)
     before = before[np.isfinite(values[before, columns[0]])]
     all_rows = np.concatenate([before, rows])
     x = np.concatenate([values[before, columns[0]], values[rows, columns]])
     # a median whose window runs past the identity's last row would change when more rows arrive: left out
-    m = running_median(np.maximum(x, _TINY), smoothing)[: len(x) - half]
-    all_rows = all_rows[: len(m)]
+    raw = np.maximum(x, _TINY)
+    m = running_median(raw, smoothing)[: len(x) - half]
+    all_rows, raw = all_rows[: len(m)], raw[: len(m)]
+    if not born:  # a resumed scan: its first medians are cut short by the edge
+        m, all_rows, raw = m[half:], all_rows[half:], raw[half:]
+    if not len(m):
+        return None, birth
+    # a later scan may start from the lowest value so far (less the median's reach): nothing before it matters
+    lowest = len(m) - 1 - int(np.argmin(m[::-1]))
+    resume = int(all_rows[lowest - smoothing]) if lowest >= smoothing else birth  # never past the lowest
+    tolerance = _plateau_tolerance(raw, m, smoothing, plateau_rows)
     start = 0
     while len(m) - start >= plateau_rows + 2:
-        _, floor_i, plateau_i = _find_rise(m[start:], min_rise, plateau_rows)
+        _, floor_i, plateau_i = _find_rise(m[start:], min_rise, plateau_rows, tolerance[start:])
         if plateau_i is None:
-            return None
+            return None, resume
         floor_i, plateau_i = floor_i + start, plateau_i + start
         plateau, floor = float(m[plateau_i]), float(m[floor_i])
         floor_row, plateau_row = int(all_rows[floor_i]), int(all_rows[plateau_i])
@@ -460,18 +479,32 @@ def _identity_rise(
         if np.isfinite(bulk_rise) and plateau / floor >= math.sqrt(min_rise) * max(bulk_rise, 1.0):
             break
         start = plateau_i  # the whole spectrum grew, not this mode: look for a rise of its own after it
+        resume = max(resume, int(all_rows[max(plateau_i - smoothing, 0)]))
     else:
-        return None
+        return None, resume
     steps = s[all_rows]
     onset = level_crossing(steps, m, 0.5 * plateau, floor_i, plateau_i)
     if before.size and onset < s[before[-1]]:
-        return None  # the rise happened before this identity existed: a direction renamed on its plateau
+        return None, resume  # the rise happened before this identity existed: a direction renamed on its plateau
     confirmed_i = min(plateau_i + plateau_rows + half, len(all_rows) - 1)
     rise_start = level_crossing(steps, m, 0.1 * plateau, floor_i, plateau_i)
     end = level_crossing(steps, m, 0.9 * plateau, floor_i, plateau_i)
-    return int(all_rows[confirmed_i]), {
+    return (int(all_rows[confirmed_i]), {
         "onset_step": onset, "rise_start_step": rise_start, "rise_end_step": end, "rise_steps": end - rise_start,
-        "floor": floor, "plateau": plateau}
+        "floor": floor, "plateau": plateau}), resume
+
+
+def _plateau_tolerance(raw: np.ndarray, m: np.ndarray, smoothing: int, plateau_rows: int) -> np.ndarray:
+    """Per row, how much a plateau may still wander up: twice the local noise left after the median, >= 2 %.
+
+    The noise is the robust scatter (1.48 MAD) of ``log raw - log m`` over the rows from ``smoothing`` before
+    to ``plateau_rows`` after, divided by ``sqrt(smoothing)``: all rows the confirmation waits for anyway.
+    """
+    residual = np.abs(np.log(raw) - np.log(m))
+    padded = np.pad(residual, (smoothing, plateau_rows), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, smoothing + plateau_rows + 1)[: len(m)]
+    noise = 1.4826 * np.median(windows, axis=1)
+    return np.maximum(0.02, 2 * noise / math.sqrt(smoothing))
 
 
 class OnsetTracker:
@@ -506,6 +539,7 @@ class OnsetTracker:
         self._resume_step = -math.inf  # where its search starts
         self._previous_floor = 0.0
         self._scanned_step = -math.inf  # identity route: rows up to here were examined with all they need
+        self._resume_steps: dict[int, float] = {}  # identity route: where each identity's next scan starts
 
     def update(self, steps: ArrayLike, eigenvalues: ArrayLike, *, mode_ids: ArrayLike | None = None,
                epochs: ArrayLike | None = None, times: ArrayLike | None = None,
@@ -570,11 +604,19 @@ class OnsetTracker:
         bulk = running_median(bulk_level(values), self.options["smoothing"])
         series = identity_series(ids)
         candidates = []
+        resume_steps = {}
         for identity in sorted(present):
             rows, columns = series[identity]
-            found = _identity_rise(s, values, rows, columns, bulk, usable, self.options)
+            first = int(np.searchsorted(s, self._resume_steps.get(identity, -math.inf)))
+            born = first <= rows[0]
+            if not born:
+                keep = rows >= first
+                rows, columns = rows[keep], columns[keep]
+            found, resume = _identity_rise(s, values, rows, columns, bulk, usable, self.options, born=born)
+            resume_steps[identity] = float(s[min(resume, len(s) - 1)])
             if found is not None:
                 candidates.append(_Candidate(identity, found[0], found[1]))
+        self._resume_steps = resume_steps  # identities not present any more are not scanned again
         candidates.sort(key=lambda c: (c.confirmed_row, c.record["onset_step"], c.identity))
         new = []
         for c in candidates:

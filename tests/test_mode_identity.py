@@ -265,3 +265,22 @@ def test_mode_directions_zero_records_sorted_spectra_only():
     tracker.finish(3)
     assert "mode_ids" not in tracker.history("head")
     assert math.isnan(float("nan"))
+
+
+def test_online_tracker_finds_what_the_offline_detection_finds():
+    from lightning_stepwise.onsets import OnsetTracker
+
+    run = mode_family_run("all", 16, noise=0.3, seed=7, rows=150)
+    matcher = ModeMatcher()
+    ids, values = np.full((150, 16), -1), np.full((150, 16), np.nan)
+    for t in range(150):
+        i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
+        ids[t, : len(i)], values[t, : len(v)] = i, v
+    offline = detect_onsets(run.steps, values, mode_ids=ids)
+    tracker = OnsetTracker()
+    online = []
+    for end in range(3, 151):  # one more row at a time, as during training
+        online += tracker.update(run.steps[:end], values[:end], mode_ids=ids[:end])
+    assert len(offline) >= 6
+    key = lambda r: (r["identity"], round(r["onset_step"], 9), r["mode"])  # noqa: E731
+    assert sorted(map(key, online)) == sorted(map(key, offline))
