@@ -306,7 +306,7 @@ def _scan(
     # so that an onset found on a prefix of a trajectory is the onset found on all of it.
     usable = len(s) - smoothing // 2
     smoothed = running_median(np.maximum(values, _TINY), smoothing)[:usable]
-    top = running_median(row_max, smoothing)[:usable]
+    bulk = running_median(bulk_level(values), smoothing)[:usable]
     last_row = len(s) - 1
     records: list[dict[str, float]] = []
     exits: list[tuple[int, float]] = []
@@ -328,8 +328,14 @@ def _scan(
         search_from = next_search_from
         m = smoothed[:, j]
         plateau = float(m[plateau_row])
-        # no higher than the floor the column above left (a shift, not a learned mode), or tiny
-        if plateau < math.sqrt(min_rise) * previous_floor or plateau < min_relative_plateau * top[plateau_row]:
+        # no higher than the floor the column above left (a shift, not a learned mode), tiny beside the modes
+        # learned before, or no more than the whole spectrum grew (the embedding's scale adapting)
+        largest = max((r["plateau"] for r in records), default=plateau)
+        bulk_rise = bulk[plateau_row] / bulk[floor_row] if bulk[floor_row] > 0 else 1.0
+        grew_alone = per_mode or values.shape[1] < 8 or not np.isfinite(bulk_rise) or \
+            plateau / float(m[floor_row]) >= math.sqrt(min_rise) * max(bulk_rise, 1.0)
+        if plateau < math.sqrt(min_rise) * previous_floor or plateau < min_relative_plateau * largest \
+                or not grew_alone:
             exits.append((search_from, previous_floor))
             continue
         if not per_mode:
