@@ -8,6 +8,7 @@ importable): both Trainers accept it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from torch import Tensor
 __all__ = [
     "Callback", "TrainerLike", "cuda_devices", "default_output_dir", "log_figure", "logging_step", "module_loss",
     "optimizer_lr",
-    "print_line",
+    "print_line", "total_steps",
 ]
 
 try:
@@ -75,6 +76,24 @@ def logging_step(trainer: Any) -> int:
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     step = getattr(loop, "_batches_that_stepped", None)
     return int(step) if isinstance(step, int) else int(trainer.global_step)
+
+
+def total_steps(trainer: Any) -> int | None:
+    """The run's length in logging steps: ``max_steps`` when set, else Lightning's estimate (None if unknown).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> total_steps(SimpleNamespace(max_steps=300, estimated_stepping_batches=1000))
+        300
+    """
+    max_steps = getattr(trainer, "max_steps", -1)
+    if isinstance(max_steps, int) and max_steps > 0:
+        return max_steps
+    try:  # it runs the dataloader's len(); an iterable dataset has none
+        estimate = trainer.estimated_stepping_batches
+    except Exception:
+        return None
+    return int(estimate) if isinstance(estimate, (int, float)) and math.isfinite(estimate) and estimate > 0 else None
 
 
 def module_loss(trainer: Any, pl_module: Any, outputs: Any) -> Tensor | None:

@@ -31,6 +31,7 @@ from lightning_stepwise.lightning_compat import (
     module_loss,
     optimizer_lr,
     print_line,
+    total_steps,
 )
 from lightning_stepwise.onsets import check_onset_options
 from lightning_stepwise.problems import StepwiseWarning
@@ -89,7 +90,10 @@ class StepwiseMonitor(Callback):
             ``no_grad`` before the training step, with the RNG and the module's buffers restored after.
         normalize: L2-normalise each embedding before the covariance. ``None``: do what the hooked
             loss does (True for NT-Xent, DCL, ... inputs; False otherwise).
-        every_n_steps: steps between the openings of two measurement windows.
+        every_n_steps: steps between the openings of two measurement windows, or ``"auto"`` (the default):
+            as many measurements as every 50 steps would give over the run, a third of them log-spaced over its
+            first tenth (step 0, 1, 2, 3, 4, 6, 8, ...: the first modes often rise within a hundred steps) and
+            the rest evenly spaced after it (see :mod:`lightning_stepwise.schedule`).
         window: samples (embedding rows, all views and ranks together) per measurement.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
         mode_directions: leading eigen-directions obtained at each measurement and followed by identity, so a
@@ -130,7 +134,7 @@ class StepwiseMonitor(Callback):
         *,
         embedding_fn: EmbeddingFn | None = None,
         normalize: bool | None = None,
-        every_n_steps: int = 50,
+        every_n_steps: int | str = "auto",
         window: int = 1024,
         top_k: int = 256,
         mode_directions: int = 64,
@@ -185,7 +189,11 @@ class StepwiseMonitor(Callback):
 
     def _validate_init_configuration(self) -> None:
         """Every argument check in one place, each naming the argument and what it accepts."""
-        for arg, low in (("every_n_steps", 1), ("window", 2), ("top_k", 1), ("mode_directions", 0), ("log_top_k", 0),
+        if self.every_n_steps != "auto" and (not isinstance(self.every_n_steps, int)
+                                             or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
+            raise ValueError(f"StepwiseMonitor: every_n_steps must be an integer >= 1 or 'auto', got "
+                             f"{self.every_n_steps!r}")
+        for arg, low in (("window", 2), ("top_k", 1), ("mode_directions", 0), ("log_top_k", 0),
                          ("max_history", 2), ("lr_optimizer", 0)):
             value = getattr(self, arg)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -320,10 +328,11 @@ class StepwiseMonitor(Callback):
                                        "like (the covariance has the same step times only when the two views' noise "
                                        "is small)")
         self.tracker.device = getattr(pl_module, "device", None)
+        self.tracker.set_total_steps(total_steps(trainer))
         for point, spec in zip(self._points, self.tracker.specs, strict=True):
             normalized = ", L2-normalised" if spec.normalize else ""
-            rank_zero_info(f"StepwiseMonitor: tracking {point.describe()}{normalized}; a spectrum every "
-                           f"{self.every_n_steps} steps over {self.window} samples.")
+            rank_zero_info(f"StepwiseMonitor: tracking {point.describe()}{normalized}; a spectrum of "
+                           f"{self.window} samples {self.tracker.schedule.describe()}.")
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":

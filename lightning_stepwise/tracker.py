@@ -11,10 +11,11 @@ Per training batch, every DDP rank makes the same two calls, so every collective
     tracker.take_recorded()                               # measurements recorded since the last call
 
 and ``tracker.finish(step)`` at the end. A window opens at every step that is a multiple of
-``every_n_steps`` (when none is open) and takes whole batches until it holds ``window`` samples (all
-ranks together), however many steps that takes. Its statistics stay on the embeddings' device; the
-eigensolve runs in a worker thread and is recorded when the next window opens (the same batch on
-every rank), at :meth:`~SpectrumTracker.finish` and at :meth:`~SpectrumTracker.state_dict`.
+``every_n_steps``, or at the steps of the ``"auto"`` schedule (when none is open), and takes whole
+batches until it holds ``window`` samples (all ranks together), however many steps that takes. Its
+statistics stay on the embeddings' device; the eigensolve runs in a worker thread and is recorded when
+the next window opens (the same batch on every rank), at :meth:`~SpectrumTracker.finish` and at
+:meth:`~SpectrumTracker.state_dict`.
 
 Collectives under DDP, all in lockstep: the first batch of a window agrees on the rows per batch and the
 width once (the one host read of a fit) and starts the accumulators; closing a window reduces them and
@@ -37,6 +38,7 @@ from torch import Tensor
 from lightning_stepwise.accumulators import CovarianceRows
 from lightning_stepwise.distributed import all_gather_floats, all_reduce_sum, distributed_rank, distributed_world_size
 from lightning_stepwise.problems import PROBLEM_KINDS, ProblemCounter
+from lightning_stepwise.schedule import MeasurementSchedule
 from lightning_stepwise.solver import HostSolver, SolvedSpectrum
 from lightning_stepwise.spectrum import SpectrumSummary
 from lightning_stepwise.tracked_point import PointSpec, TrackedPoint
@@ -103,7 +105,9 @@ class SpectrumTracker:
 
     Args:
         points: the tracking points, by name (:class:`PointSpec` or plain names).
-        every_n_steps: steps between the openings of two windows.
+        every_n_steps: steps between the openings of two windows, or ``"auto"``: dense early, sparse later,
+            as many as every 50 steps over ``total_steps`` (see :mod:`lightning_stepwise.schedule`).
+        total_steps: the run's length in steps, for ``"auto"`` (also :meth:`set_total_steps`).
         window: samples (embedding rows, all ranks) a window gathers before it is solved.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
         mode_directions: eigen-directions obtained per measurement and followed by identity (see
@@ -130,7 +134,8 @@ class SpectrumTracker:
         self,
         points: Sequence[PointSpec | str],
         *,
-        every_n_steps: int = 50,
+        every_n_steps: int | str = 50,
+        total_steps: int | None = None,
         window: int = 1024,
         top_k: int = 256,
         mode_directions: int = 64,
@@ -147,6 +152,7 @@ class SpectrumTracker:
         if spectrum not in SPECTRA:
             raise ValueError(f"spectrum must be one of {SPECTRA}, got {spectrum!r}")
         self.every_n_steps = every_n_steps
+        self.schedule = MeasurementSchedule(every_n_steps, total_steps=total_steps)
         self.window_size = window
         self.top_k = top_k
         self.mode_directions = mode_directions
@@ -213,6 +219,10 @@ class SpectrumTracker:
         """The step of the last batch seen (-1 before any)."""
         return -1 if self.counted_step is None else self.counted_step
 
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """The run's length, for ``every_n_steps="auto"`` (a fit that continues a run gets its new length)."""
+        self.schedule = MeasurementSchedule(self.every_n_steps, total_steps=total_steps)
+
     # ------------------------------------------------------------------ per batch
 
     def start_batch(self, step: int, *, epoch: int = 0, lr: float = math.nan) -> bool:
@@ -222,7 +232,7 @@ class SpectrumTracker:
         """
         self._advance_time(step)
         self._lr = lr
-        if self.window is None and step % self.every_n_steps == 0 and step != self.last_opened_step:
+        if self.window is None and self.schedule.due(step, last_opened=self.last_opened_step):
             self.record_pending()  # long finished by now: the previous window closed steps ago
             self.last_opened_step = step
             self.window = _Window(step=step, epoch=epoch, time=self.time, lr=lr, last_step=step)
@@ -284,13 +294,17 @@ class SpectrumTracker:
             if not partial:
                 p.accumulator = None
         spanned = window.last_step - window.step + 1
-        if spanned > self.every_n_steps and not partial:
+        # "auto" asks for windows every step early on: only a window longer than the late interval is slow
+        allowed = self.schedule.interval(window.step)
+        if self.schedule.is_auto:
+            allowed = max(allowed, self.schedule.default_every)
+        if spanned > allowed and not partial:
             self.problems.warn("slow_window", (
                 f"the window opened at step {window.step} needed {window.batches} batches to gather "
-                f"{self.window_size} samples, so it spanned {spanned} steps, more than "
-                f"every_n_steps={self.every_n_steps}: measurements are further apart than asked (the window is "
-                "kept open until full, and `samples` says how many it holds). Lower `window` or raise "
-                "`every_n_steps` to measure on schedule"))
+                f"{self.window_size} samples, so it spanned {spanned} steps, more than the {allowed} steps "
+                f"between measurements (every_n_steps={self.every_n_steps!r}): measurements are further apart than "
+                "asked (the window is kept open until full, and `samples` says how many it holds). Lower `window` "
+                "or raise `every_n_steps` to measure on schedule"))
         pending = _Pending(window=copy.copy(window), measurement=self.measurements,
                            replaces_partial=window.partial_measurement is not None, partial=partial)
         if problems:

@@ -83,7 +83,7 @@ def test_a_window_longer_than_every_n_steps_is_kept_open_and_says_so():
     model = make_ssl_module(lr=0.0)
     loader = pair_loader(n=64, batch_size=16)  # 32 rows a step
     monitor = StepwiseMonitor(every_n_steps=1, window=96)  # 3 steps a window
-    with pytest.warns(StepwiseWarning, match=r"spanned 3 steps, more than every_n_steps=1") as caught:
+    with pytest.warns(StepwiseWarning, match=r"spanned 3 steps, more than the 1 steps between measurements") as caught:
         trainer(max_steps=9, callbacks=[monitor]).fit(model, loader)
     assert sum("spanned" in str(w.message) for w in caught) == 1
     h = monitor.history

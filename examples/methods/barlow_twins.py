@@ -22,10 +22,11 @@ from lightning_stepwise import LinearProbe, StepwiseMonitor
 
 
 class BarlowTwins(pl.LightningModule):
-    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector_dim: int = 2048, lr: float = 0.06) -> None:
         super().__init__()
+        self.lr = lr
         self.backbone = backbone
-        self.projection_head = BarlowTwinsProjectionHead(feature_dim, 2048, 2048)
+        self.projection_head = BarlowTwinsProjectionHead(feature_dim, projector_dim, projector_dim)
         self.criterion = BarlowTwinsLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,14 +42,14 @@ class BarlowTwins(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.06)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, paper=True)
     pl.seed_everything(args.seed)
-    model = small_init(BarlowTwins(*backbone(args.backbone)), args.small_init)
-    monitor, probe = StepwiseMonitor(), LinearProbe(*probe_loaders(args))
+    model = small_init(BarlowTwins(*backbone(args.backbone), args.projector_dim, args.lr), args.small_init)
+    monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, byol_views(args.input_size)))
     summarize(trainer, monitor, probe)

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     pl.seed_everything(args.seed)
     model = small_init(BarlowTwins(*backbone(args.backbone)), args.small_init)
     transform = byol_views(args.input_size)
-    monitor, probe = StepwiseMonitor(), LinearProbe(*probe_loaders(args))
+    monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, transform))
     summarize(trainer, monitor, probe)

@@ -1,7 +1,8 @@
 """What the method examples share: arguments, data, backbones, the small-initialisation switch, a summary.
 
 Each method example defines its module as Lightly's examples write it and builds its own Trainer with
-``StepwiseMonitor()`` and ``LinearProbe(...)``; everything else lives here so the examples stay short.
+``StepwiseMonitor()`` (measuring every ``--every-n-steps``) and ``LinearProbe(...)``; everything else lives
+here so the examples stay short.
 
 Data: ``digits`` (default) is scikit-learn's embedded handwritten digits, offline, as small RGB
 images; ``cifar10`` and ``stl10`` are torchvision downloads that happen only with ``--download``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,24 @@ IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225
 DEFAULT_INPUT_SIZE = {"digits": 32, "cifar10": 32, "stl10": 96}
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The flags every method example takes."""
+#: ``--paper``: the paper's experiment (Simon et al. 2023) on a small budget. A narrow projector (64-d output:
+#: few enough modes to see each one rise), a small initialisation (sharper steps) and enough steps for at
+#: least 8 learned modes with Barlow Twins, SimCLR and VICReg on the embedded digits (see docs/methods.md).
+PAPER = {"projector_dim": 64, "small_init": 0.5, "lr": 0.06, "max_steps": 2000, "every_n_steps": 10,
+         "batch_size": 256}
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bool = False) -> argparse.Namespace:
+    """The flags every method example takes (and, with ``paper``, ``--paper``, ``--projector-dim``, ``--lr``)."""
     parser = argparse.ArgumentParser(description=description)
+    if paper:
+        parser.add_argument("--paper", action="store_true",
+                            help="the paper's experiment: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                        for k, v in PAPER.items())
+                            + " (flags given explicitly win)")
+        parser.add_argument("--projector-dim", type=int, default=2048, help="projection head width and output")
+        parser.add_argument("--lr", type=float, default=0.06, help="SGD learning rate")
+    parser.add_argument("--every-n-steps", type=int, default=50, help="steps between two spectrum measurements")
     parser.add_argument("--data", choices=["digits", "cifar10", "stl10"], default="digits",
                         help="digits: embedded, offline (default); cifar10 / stl10: torchvision datasets")
     parser.add_argument("--data-root", default="data", help="where cifar10 / stl10 live or are downloaded to")
@@ -49,6 +66,12 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     parser.add_argument("--output", default="stepwise-runs", help="the Trainer's default_root_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if getattr(args, "paper", False):  # the preset fills what was not given on the command line
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+                 if a.startswith("--")}
+        for name, value in PAPER.items():
+            if name not in given:
+                setattr(args, name, value)
     args.input_size = args.input_size or DEFAULT_INPUT_SIZE[args.data]
     if args.num_workers is None:
         args.num_workers = 0 if args.data == "digits" else min(8, os.cpu_count() or 1)

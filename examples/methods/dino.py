@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     model = small_init(DINO(*backbone(args.backbone)), args.small_init)
     transform = DINOTransform(global_crop_size=args.input_size, local_crop_size=max(8, args.input_size // 2),
                               n_local_views=2, gaussian_blur=(0.0, 0.0, 0.0))
-    monitor = StepwiseMonitor(module="student_head")
+    monitor = StepwiseMonitor(module="student_head", every_n_steps=args.every_n_steps)
     probe = LinearProbe(*probe_loaders(args), point="student_backbone")
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, transform))

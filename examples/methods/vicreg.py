@@ -22,11 +22,12 @@ from lightning_stepwise import LinearProbe, StepwiseMonitor
 
 
 class VICReg(pl.LightningModule):
-    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector_dim: int = 2048, lr: float = 0.06) -> None:
         super().__init__()
+        self.lr = lr
         self.backbone = backbone
-        self.projection_head = VICRegProjectionHead(input_dim=feature_dim, hidden_dim=2048, output_dim=2048,
-                                                    num_layers=2)
+        self.projection_head = VICRegProjectionHead(input_dim=feature_dim, hidden_dim=projector_dim,
+                                                    output_dim=projector_dim, num_layers=2)
         self.criterion = VICRegLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,14 +43,14 @@ class VICReg(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.06)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, paper=True)
     pl.seed_everything(args.seed)
-    model = small_init(VICReg(*backbone(args.backbone)), args.small_init)
-    monitor, probe = StepwiseMonitor(), LinearProbe(*probe_loaders(args))
+    model = small_init(VICReg(*backbone(args.backbone), args.projector_dim, args.lr), args.small_init)
+    monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, VICRegTransform(input_size=args.input_size, gaussian_blur=0.0)))
     summarize(trainer, monitor, probe)
