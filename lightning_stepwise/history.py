@@ -54,6 +54,7 @@ class SpectrumHistory:
         self.max_rows = max_rows
         self.stride = 1
         self._rows: list[dict[str, Any]] = []
+        self._arrays: dict[str, np.ndarray] | None = None  # as_arrays(), kept up to date by append
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -85,13 +86,41 @@ class SpectrumHistory:
         if len(self._rows) >= self.max_rows:
             self.stride *= 2
             self._rows = [r for r in self._rows if r["measurement"] % self.stride == 0]
+            self._arrays = None
+        elif self._arrays is not None:
+            self._extend_arrays(row)
+
+    def _extend_arrays(self, row: Mapping[str, Any]) -> None:
+        """Add one row to the cached arrays (a C-level copy: the monitor reads them after every measurement)."""
+        arrays = self._arrays
+        assert arrays is not None
+        if ("mode_ids" in row) != ("mode_ids" in arrays) and "mode_ids" in row:
+            self._arrays = None  # the first row with identities: rebuild with their columns
+            return
+        for name in SCALAR_COLUMNS:
+            arrays[name] = np.append(arrays[name], np.asarray(row[name], dtype=arrays[name].dtype))
+        vectors = [("eigenvalues", math.nan)] + (list(MODE_COLUMNS.items()) if "mode_ids" in arrays else [])
+        for name, pad in vectors:
+            old = arrays[name]
+            new = np.asarray(row.get(name, ()), dtype=old.dtype)
+            width = max(old.shape[1], len(new))
+            grown = np.full((old.shape[0] + 1, width), pad, dtype=old.dtype)
+            grown[:-1, : old.shape[1]] = old
+            grown[-1, : len(new)] = new
+            arrays[name] = grown
 
     def drop_measurement(self, measurement: int) -> None:
         """Forget the row of one measurement index, if present (to re-record it)."""
         self._rows = [r for r in self._rows if r["measurement"] != measurement]
+        self._arrays = None
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         """The history as NumPy arrays: one per scalar column plus ``eigenvalues`` (rows x k)."""
+        if self._arrays is None:
+            self._arrays = self._build_arrays()
+        return {name: a.copy() for name, a in self._arrays.items()}
+
+    def _build_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         for name in SCALAR_COLUMNS:
             dtype = np.int64 if name in _INTEGER_COLUMNS else np.float64
@@ -122,6 +151,7 @@ class SpectrumHistory:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
         self.stride = int(state["stride"])
+        self._arrays = None
         columns = {name: np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t)
                    for name, t in state["columns"].items()}
         self._rows = []

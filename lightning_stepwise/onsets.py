@@ -73,6 +73,9 @@ ONSET_COLUMNS: tuple[str, ...] = (
 )
 
 _TINY = np.finfo(np.float64).tiny
+#: Eigenvalues below this fraction of the largest one in their row are below the resolution of float32
+#: embeddings: their rises are round-off, not learning.
+RESOLUTION = 1e-7
 
 def _value_at(steps: np.ndarray, column: np.ndarray | None, step: float) -> float:
     if column is None or not np.isfinite(step):
@@ -335,7 +338,7 @@ def _scan(
         grew_alone = per_mode or values.shape[1] < 8 or not np.isfinite(bulk_rise) or \
             plateau / float(m[floor_row]) >= math.sqrt(min_rise) * max(bulk_rise, 1.0)
         if plateau < math.sqrt(min_rise) * previous_floor or plateau < min_relative_plateau * largest \
-                or not grew_alone:
+                or plateau < RESOLUTION * row_max[plateau_row] or not grew_alone:
             exits.append((search_from, previous_floor))
             continue
         if not per_mode:
@@ -425,11 +428,16 @@ def bulk_level(eigenvalues: ArrayLike) -> np.ndarray:
         [0.01]
     """
     values = np.asarray(eigenvalues, dtype=np.float64)
-    positive = np.where(np.isfinite(values) & (values > 0), values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a positive value stay NaN
-        # "lower": an actual value of the row, so one missing value in a short row cannot move it far
-        return np.nanpercentile(positive, 10, axis=1, method="lower")
+    if values.ndim == 1:
+        values = values[:, None]
+    valid = np.isfinite(values) & (values > 0)
+    ordered = np.sort(np.where(valid, values, np.inf), axis=1)
+    count = valid.sum(axis=1)
+    # the "lower" 10th percentile: an actual value of the row, so a missing value in a short row cannot move it
+    index = np.floor(0.1 * np.maximum(count - 1, 0)).astype(np.int64)
+    level = np.take_along_axis(ordered, index[:, None], axis=1)[:, 0] if values.shape[1] else np.full(len(values),
+                                                                                                       np.inf)
+    return np.where(count > 0, level, np.nan)
 
 
 @dataclass
@@ -606,14 +614,25 @@ class OnsetTracker:
         usable = len(s) - self.options["smoothing"] // 2
         first_new = int(np.searchsorted(s, self._scanned_step, side="right"))
         since = max(first_new - self.options["smoothing"], 0)
+        smoothing = self.options["smoothing"]
         present = set(np.unique(ids[since:usable]).tolist()) - {-1} - set(self.records)
-        bulk = running_median(bulk_level(values), self.options["smoothing"])
-        series = identity_series(ids)
+        # only the rows the scans need: from each identity's resume row (its first row, for a new one)
+        starts = {}
+        for identity in present:
+            if identity in self._resume_steps:
+                starts[identity] = int(np.searchsorted(s, self._resume_steps[identity]))
+            else:
+                starts[identity] = int(np.argmax((ids == identity).any(axis=1)))
+        lo = min(starts.values(), default=len(s))
+        series = {i: (r + lo, c) for i, (r, c) in identity_series(ids[lo:]).items()}
+        bulk = np.full(len(s), np.nan)
+        margin = max(lo - 5 * smoothing, 0)  # the backfill before a birth, and the median's reach
+        bulk[margin:] = running_median(bulk_level(values[margin:]), smoothing)
         candidates = []
         resume_steps = {}
         for identity in sorted(present):
             rows, columns = series[identity]
-            first = int(np.searchsorted(s, self._resume_steps.get(identity, -math.inf)))
+            first = starts[identity] if identity in self._resume_steps else 0
             born = first <= rows[0]
             if not born:
                 keep = rows >= first
@@ -625,9 +644,12 @@ class OnsetTracker:
         self._resume_steps = resume_steps  # identities not present any more are not scanned again
         candidates.sort(key=lambda c: (c.confirmed_row, c.record["onset_step"], c.identity))
         new = []
+        row_max = np.nanmax(np.where(np.isfinite(values), values, np.nan), axis=1, initial=0.0)
         for c in candidates:
             largest = max((r["plateau"] for r in self.records.values()), default=0.0)
             if c.record["plateau"] < self.options["min_relative_plateau"] * largest:
+                continue
+            if c.record["plateau"] < RESOLUTION * row_max[c.confirmed_row]:
                 continue
             onset = c.record["onset_step"]
             record = {"mode": len(self.records), **c.record, "onset_epoch": _epoch_at(s, epoch_column, onset),

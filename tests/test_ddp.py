@@ -110,7 +110,8 @@ def test_ddp_onsets_are_identical_on_ranks_and_equal_the_global_batch(staircase_
     np.testing.assert_allclose(h0["eigenvalues"], single["eigenvalues"], rtol=1e-9, atol=1e-15)
     assert [r["mode"] for r in onsets0] == [r["mode"] for r in single_onsets] == [0, 1, 2]
     for record, reference, truth in zip(onsets0, single_onsets, DESIGNED_ONSETS, strict=True):
-        assert record["onset_step"] == pytest.approx(reference["onset_step"], rel=1e-9)
+        # per-identity values carry the float32 precision of the eigen-directions
+        assert record["onset_step"] == pytest.approx(reference["onset_step"], rel=1e-6)
         assert record["confirmed_step"] == reference["confirmed_step"]
         assert abs(record["onset_step"] - truth) <= 2  # one measurement interval
     if strategy == "ddp":  # BarlowTwinsLoss(gather_distributed=True): the loss is the global batch's loss

@@ -75,3 +75,22 @@ def test_downloads_happen_only_behind_the_flag(data, tmp_path):
     with pytest.raises(SystemExit, match=f"{data} is not in .*Pass --download"):
         example.main([*SMOKE, "--data", data, "--data-root", str(root), "--output", str(tmp_path / "run")])
     assert not root.exists() or not any(root.iterdir())  # nothing was fetched: no network in tests
+
+
+def test_paper_preset_fills_what_was_not_given():
+    load_example("barlow_twins")
+    common = sys.modules["common"]
+    args = common.parse_args("x", ["--paper", "--lr", "0.2"], paper=True)
+    assert (args.projector_dim, args.small_init, args.lr) == (common.PAPER["projector_dim"],
+                                                             common.PAPER["small_init"], 0.2)
+    assert (args.max_steps, args.every_n_steps) == (common.PAPER["max_steps"], common.PAPER["every_n_steps"])
+    plain = common.parse_args("x", [], paper=True)
+    assert (plain.projector_dim, plain.small_init, plain.every_n_steps) == (2048, 1.0, "auto")
+
+
+@pytest.mark.parametrize("name", ["barlow_twins", "simclr", "vicreg"])
+def test_projector_width_and_learning_rate_reach_the_module(name, tmp_path):
+    trainer = load_example(name).main([*SMOKE, "--projector-dim", "24", "--lr", "0.01", "--output", str(tmp_path)])
+    model = trainer.lightning_module
+    assert model.lr == 0.01
+    assert load_spectrum(callback(trainer, StepwiseMonitor).output_dir)["eigenvalues"].shape[1] == 24

@@ -117,3 +117,31 @@ def test_tap_copies_are_detached_and_immune_to_in_place_changes():
     tap.remove()
     head(torch.ones(2, 3))
     assert tap.take() == []
+
+
+def test_history_arrays_kept_up_to_date_equal_a_rebuild():
+    from lightning_stepwise.history import SpectrumHistory
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        max_rows = int(rng.integers(3, 30))
+        read_often, read_once = SpectrumHistory(max_rows), SpectrumHistory(max_rows)
+        for i in range(int(rng.integers(1, 80))):
+            modes = None
+            if rng.random() < 0.7:
+                k = int(rng.integers(0, 5))
+                modes = {"mode_ids": np.arange(k), "mode_eigenvalues": rng.random(k), "mode_overlap": rng.random(k)}
+            row = {"measurement": i, "step": 3 * i, "eigenvalues": rng.random(int(rng.integers(1, 6))),
+                   "modes": modes, "loss": rng.random()}
+            read_often.append(**row)
+            read_once.append(**row)
+            if rng.random() < 0.3:
+                read_often.as_arrays()["step"][:] = -1  # a copy: changing it changes nothing inside
+            if rng.random() < 0.05:
+                read_often.drop_measurement(i)
+                read_once.drop_measurement(i)
+        expected = read_once.as_arrays()
+        got = read_often.as_arrays()
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            np.testing.assert_array_equal(got[key], value)

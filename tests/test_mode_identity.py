@@ -284,3 +284,59 @@ def test_online_tracker_finds_what_the_offline_detection_finds():
     assert len(offline) >= 6
     key = lambda r: (r["identity"], round(r["onset_step"], 9), r["mode"])  # noqa: E731
     assert sorted(map(key, online)) == sorted(map(key, offline))
+
+
+# ------------------------------------------------------------------------ in the monitor, files, report
+
+
+def crossing_embeddings(d: int = 8, rows: int = 128):
+    """embedding_fn whose covariance has a slow mode (plateau 0.3, onset 30) overtaken by a fast one (3.0, 70)."""
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(3)))[0]
+    generator = torch.Generator().manual_seed(4)
+
+    def embed(pl_module, batch):
+        step = pl_module.trainer.global_step
+        variances = torch.full((d,), 1e-3)
+        variances[0] = float(logistic(np.array(step), 1e-3, 0.3, 30, 2))
+        variances[1] = float(logistic(np.array(step), 1e-3, 3.0, 70, 2))
+        return torch.randn(rows, d, generator=generator) * variances.sqrt() @ basis.T
+
+    return embed, basis
+
+
+def test_monitor_records_identities_draws_them_and_report_finds_the_same_onsets(tmp_path):
+    from helpers import make_ssl_module, pair_loader, trainer
+
+    from lightning_stepwise import StepwiseMonitor, load_spectrum
+    from lightning_stepwise.plots import plot_stepwise
+    from lightning_stepwise.report import report_run
+
+    embed, basis = crossing_embeddings()
+    monitor = StepwiseMonitor(embedding_fn=embed, every_n_steps=2, window=128, dirpath=tmp_path / "run",
+                              verbose=False)
+    trainer(max_steps=130, callbacks=[monitor]).fit(make_ssl_module(), pair_loader())
+    onsets = monitor.onsets
+    assert [r["mode"] for r in onsets] == [0, 1]
+    assert [round(r["onset_step"] / 10) for r in onsets] == [3, 7]
+    assert onsets[1]["plateau"] == pytest.approx(3.0, rel=0.25)
+    history = monitor.history
+    assert {"mode_ids", "mode_eigenvalues", "mode_overlap"} <= set(history)
+    saved = load_spectrum(tmp_path / "run")
+    np.testing.assert_array_equal(saved["mode_ids"], history["mode_ids"])
+    [report] = report_run(tmp_path / "run", output=tmp_path / "again")
+    assert [(r["identity"], round(r["onset_step"], 6)) for r in report.onsets] == \
+        [(r["identity"], round(r["onset_step"], 6)) for r in onsets]
+    figure = plot_stepwise(history, onsets)
+    curves = [line for line in figure.axes[0].lines if line.get_linewidth() == 1.4]
+    assert len(curves) == 2  # one coloured curve per learned mode, along its identity
+    fast = np.asarray(curves[1].get_ydata(), dtype=float)
+    assert np.nanmax(fast) == pytest.approx(3.0, rel=0.3)  # the overtaking mode's own curve, not a rank
+
+
+def test_mode_directions_must_be_a_count():
+    from lightning_stepwise import StepwiseMonitor
+
+    with pytest.raises(ValueError, match="mode_directions"):
+        StepwiseMonitor(mode_directions=-1)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        StepwiseMonitor(every_n_steps="sometimes")

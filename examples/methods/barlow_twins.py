@@ -48,7 +48,8 @@ class BarlowTwins(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv, paper=True)
     pl.seed_everything(args.seed)
-    model = small_init(BarlowTwins(*backbone(args.backbone), args.projector_dim, args.lr), args.small_init)
+    model = BarlowTwins(*backbone(args.backbone, args.tiny_width), args.projector_dim, args.lr)
+    model = small_init(model, args.small_init)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, byol_views(args.input_size)))

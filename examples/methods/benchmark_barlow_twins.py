@@ -57,7 +57,7 @@ class BarlowTwins(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
-    model = small_init(BarlowTwins(*backbone(args.backbone)), args.small_init)
+    model = small_init(BarlowTwins(*backbone(args.backbone, args.tiny_width)), args.small_init)
     transform = byol_views(args.input_size)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))

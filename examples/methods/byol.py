@@ -69,7 +69,7 @@ class BYOL(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
-    model = small_init(BYOL(*backbone(args.backbone)), args.small_init)
+    model = small_init(BYOL(*backbone(args.backbone, args.tiny_width)), args.small_init)
     transform = byol_views(args.input_size)
     monitor = StepwiseMonitor(module="projection_head", every_n_steps=args.every_n_steps)
     probe = LinearProbe(*probe_loaders(args))

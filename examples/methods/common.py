@@ -37,6 +37,10 @@ PAPER = {"projector_dim": 64, "small_init": 0.5, "lr": 0.06, "max_steps": 2000, 
          "batch_size": 256}
 
 
+def _interval(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bool = False) -> argparse.Namespace:
     """The flags every method example takes (and, with ``paper``, ``--paper``, ``--projector-dim``, ``--lr``)."""
     parser = argparse.ArgumentParser(description=description)
@@ -47,13 +51,15 @@ def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bo
                             + " (flags given explicitly win)")
         parser.add_argument("--projector-dim", type=int, default=2048, help="projection head width and output")
         parser.add_argument("--lr", type=float, default=0.06, help="SGD learning rate")
-    parser.add_argument("--every-n-steps", type=int, default=50, help="steps between two spectrum measurements")
+    parser.add_argument("--every-n-steps", type=_interval, default="auto",
+                        help="steps between two spectrum measurements, or 'auto' (dense early; the default)")
     parser.add_argument("--data", choices=["digits", "cifar10", "stl10"], default="digits",
                         help="digits: embedded, offline (default); cifar10 / stl10: torchvision datasets")
     parser.add_argument("--data-root", default="data", help="where cifar10 / stl10 live or are downloaded to")
     parser.add_argument("--download", action="store_true", help="allow downloading cifar10 / stl10")
     parser.add_argument("--backbone", choices=["resnet18", "tiny"], default="resnet18",
                         help="tiny: a 3-layer conv net (CPU smoke runs)")
+    parser.add_argument("--tiny-width", type=int, default=8, help="channels of the tiny backbone's first layer")
     parser.add_argument("--small-init", type=float, default=1.0, metavar="FACTOR",
                         help="multiply every initial conv / linear weight by FACTOR (the paper's small-init setting)")
     parser.add_argument("--input-size", type=int, default=None, help="image side (default 32, 96 for stl10)")
@@ -89,12 +95,14 @@ def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- backbones
 
 
-def backbone(name: str) -> tuple[nn.Module, int]:
-    """(backbone, feature width): torchvision's ResNet-18 without its classifier, or a tiny conv net."""
+def backbone(name: str, width: int = 8) -> tuple[nn.Module, int]:
+    """(backbone, feature width): torchvision's ResNet-18 without its classifier, or a tiny conv net.
+
+    The tiny net has ``width``, ``2 width`` and ``4 width`` channels; its features are ``4 width`` wide.
+    """
     if name == "resnet18":
         resnet = torchvision.models.resnet18()
         return nn.Sequential(*list(resnet.children())[:-1]), 512
-    width = 8
 
     def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]

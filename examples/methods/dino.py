@@ -69,7 +69,7 @@ class DINO(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
-    model = small_init(DINO(*backbone(args.backbone)), args.small_init)
+    model = small_init(DINO(*backbone(args.backbone, args.tiny_width)), args.small_init)
     transform = DINOTransform(global_crop_size=args.input_size, local_crop_size=max(8, args.input_size // 2),
                               n_local_views=2, gaussian_blur=(0.0, 0.0, 0.0))
     monitor = StepwiseMonitor(module="student_head", every_n_steps=args.every_n_steps)

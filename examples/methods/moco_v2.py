@@ -66,7 +66,7 @@ class MoCo(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
-    model = small_init(MoCo(*backbone(args.backbone)), args.small_init)
+    model = small_init(MoCo(*backbone(args.backbone, args.tiny_width)), args.small_init)
     monitor = StepwiseMonitor(module="projection_head", every_n_steps=args.every_n_steps)
     probe = LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))

@@ -49,7 +49,7 @@ class SimCLR(pl.LightningModule):
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv, paper=True)
     pl.seed_everything(args.seed)
-    model = small_init(SimCLR(*backbone(args.backbone), args.projector_dim, args.lr), args.small_init)
+    model = small_init(SimCLR(*backbone(args.backbone, args.tiny_width), args.projector_dim, args.lr), args.small_init)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, SimCLRTransform(input_size=args.input_size, gaussian_blur=0.0)))
