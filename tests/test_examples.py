@@ -81,8 +81,8 @@ def test_paper_preset_fills_what_was_not_given():
     load_example("barlow_twins")
     common = sys.modules["common"]
     args = common.parse_args("x", ["--paper", "--lr", "0.2"], paper=True)
-    assert (args.projector_dim, args.small_init, args.lr) == (common.PAPER["projector_dim"],
-                                                             common.PAPER["small_init"], 0.2)
+    assert (args.projector_dim, args.backbone, args.min_scale, args.lr) == (
+        common.PAPER["projector_dim"], common.PAPER["backbone"], common.PAPER["min_scale"], 0.2)
     assert (args.max_steps, args.every_n_steps) == (common.PAPER["max_steps"], common.PAPER["every_n_steps"])
     plain = common.parse_args("x", [], paper=True)
     assert (plain.projector_dim, plain.small_init, plain.every_n_steps) == (2048, 1.0, "auto")

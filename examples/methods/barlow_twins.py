@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     model = small_init(model, args.small_init)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
-    trainer.fit(model, ssl_loader(args, byol_views(args.input_size)))
+    trainer.fit(model, ssl_loader(args, byol_views(args.input_size, args.min_scale)))
     summarize(trainer, monitor, probe)
     return trainer
 

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
     model = small_init(BarlowTwins(*backbone(args.backbone, args.tiny_width)), args.small_init)
-    transform = byol_views(args.input_size)
+    transform = byol_views(args.input_size, args.min_scale)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     trainer.fit(model, ssl_loader(args, transform))

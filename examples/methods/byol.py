@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     args = parse_args(__doc__, argv)
     pl.seed_everything(args.seed)
     model = small_init(BYOL(*backbone(args.backbone, args.tiny_width)), args.small_init)
-    transform = byol_views(args.input_size)
+    transform = byol_views(args.input_size, args.min_scale)
     monitor = StepwiseMonitor(module="projection_head", every_n_steps=args.every_n_steps)
     probe = LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))

@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     monitor = StepwiseMonitor(module="projection_head", every_n_steps=args.every_n_steps)
     probe = LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
-    trainer.fit(model, ssl_loader(args, MoCoV2Transform(input_size=args.input_size, gaussian_blur=0.0)))
+    transform = MoCoV2Transform(input_size=args.input_size, gaussian_blur=0.0, min_scale=args.min_scale)
+    trainer.fit(model, ssl_loader(args, transform))
     summarize(trainer, monitor, probe)
     return trainer
 

@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> pl.Trainer:
     model = small_init(SimCLR(*backbone(args.backbone, args.tiny_width), args.projector_dim, args.lr), args.small_init)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
-    trainer.fit(model, ssl_loader(args, SimCLRTransform(input_size=args.input_size, gaussian_blur=0.0)))
+    transform = SimCLRTransform(input_size=args.input_size, gaussian_blur=0.0, min_scale=args.min_scale)
+    trainer.fit(model, ssl_loader(args, transform))
     summarize(trainer, monitor, probe)
     return trainer
 
