@@ -13,6 +13,7 @@ Examples:
 from lightning_stepwise.capture import NoEmbeddingFoundError
 from lightning_stepwise.linear_probe import LinearProbe
 from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
+from lightning_stepwise.mode_identity import ModeMatcher
 from lightning_stepwise.monitor import StepwiseMonitor
 from lightning_stepwise.onsets import OnsetTracker, detect_onsets
 from lightning_stepwise.plots import plot_stepwise
@@ -31,6 +32,7 @@ from lightning_stepwise.tracker import SpectrumTracker
 __all__ = [
     "LinearProbe",
     "LinearSSLTheory",
+    "ModeMatcher",
     "NoEmbeddingFoundError",
     "OnsetTracker",
     "SpectrumTracker",
