@@ -554,6 +554,7 @@ class OnsetTracker:
         self._previous_floor = 0.0
         self._scanned_step = -math.inf  # identity route: rows up to here were examined with all they need
         self._resume_steps: dict[int, float] = {}  # identity route: where each identity's next scan starts
+        self._lowest: dict[int, float] = {}  # identity route: each live identity's lowest value (and backfill's)
 
     def update(self, steps: ArrayLike, eigenvalues: ArrayLike, *, mode_ids: ArrayLike | None = None,
                epochs: ArrayLike | None = None, times: ArrayLike | None = None,
@@ -616,21 +617,42 @@ class OnsetTracker:
         since = max(first_new - self.options["smoothing"], 0)
         smoothing = self.options["smoothing"]
         present = set(np.unique(ids[since:usable]).tolist()) - {-1} - set(self.records)
+        # An identity seen before cannot show a new rise unless a new row exceeds min_rise times its lowest
+        # value (a median is never above the largest value in its window, nor its floor below the lowest):
+        # those identities keep their state and are not scanned (the bulk, a decaying top mode).
+        recent_rows, recent_columns = np.nonzero(ids[since:] >= 0)
+        recent_ids = ids[since:][recent_rows, recent_columns]
+        recent_values = values[since:][recent_rows, recent_columns]
+        lowest, scan = {}, set()
+        for identity in present:
+            mine = recent_values[recent_ids == identity]
+            low = min(self._lowest.get(identity, math.inf), float(mine.min(initial=math.inf)))
+            lowest[identity] = low
+            if identity not in self._resume_steps or float(mine.max(initial=-math.inf)) >= \
+                    self.options["min_rise"] * low:
+                scan.add(identity)
+        self._lowest = lowest
         # only the rows the scans need: from each identity's resume row (its first row, for a new one)
         starts = {}
-        for identity in present:
+        for identity in scan:
             if identity in self._resume_steps:
                 starts[identity] = int(np.searchsorted(s, self._resume_steps[identity]))
             else:
-                starts[identity] = int(np.argmax((ids == identity).any(axis=1)))
+                first_row = int(np.argmax((ids == identity).any(axis=1)))
+                starts[identity] = first_row
+                own = values[first_row:][np.nonzero(ids[first_row:] == identity)]
+                birth_column = int(np.argmax(ids[first_row] == identity))
+                before = values[max(first_row - 4 * smoothing, 0):first_row, birth_column]  # its backfill
+                self._lowest[identity] = min(lowest[identity], float(own.min(initial=math.inf)),
+                                             float(np.nanmin(before, initial=math.inf)))
         lo = min(starts.values(), default=len(s))
         series = {i: (r + lo, c) for i, (r, c) in identity_series(ids[lo:]).items()}
         bulk = np.full(len(s), np.nan)
         margin = max(lo - 5 * smoothing, 0)  # the backfill before a birth, and the median's reach
         bulk[margin:] = running_median(bulk_level(values[margin:]), smoothing)
         candidates = []
-        resume_steps = {}
-        for identity in sorted(present):
+        resume_steps = {i: step for i, step in self._resume_steps.items() if i in present and i not in scan}
+        for identity in sorted(scan):
             rows, columns = series[identity]
             first = starts[identity] if identity in self._resume_steps else 0
             born = first <= rows[0]
