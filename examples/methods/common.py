@@ -36,7 +36,7 @@ DEFAULT_INPUT_SIZE = {"digits": 32, "cifar10": 32, "stl10": 96}
 #: width 16, and enough steps for at least 8 learned modes with Barlow Twins, SimCLR and VICReg on the
 #: embedded digits (see the methods page of the docs).
 PAPER = {"projector_dim": 64, "backbone": "tiny", "tiny_width": 16, "min_scale": 0.5, "lr": 0.1,
-         "input_size": 16, "batch_size": 128, "max_steps": 2000, "every_n_steps": 10}
+         "input_size": 16, "batch_size": 128, "max_steps": 2000, "max_epochs": -1, "every_n_steps": 10}
 
 
 def _interval(text: str) -> int | str:
