@@ -1,8 +1,8 @@
 """Onset detection on real recorded runs with identities, against rise windows found without the detector.
 
 ``tests/data/digits_<method>_paper.npz`` are the histories StepwiseMonitor recorded for the method
-examples' ``--paper`` setting (Barlow Twins, SimCLR, VICReg; the tiny backbone on 2 CPU cores, embedded
-digits, a measurement every 10 steps). The reference rise of each identity comes from its raw
+examples' ``--paper`` setting (Barlow Twins 4,000 steps, SimCLR and VICReg 2,000; the tiny backbone on 2
+CPU cores, embedded digits, a measurement every 10 steps). The reference rise of each identity comes from its raw
 trajectory alone (see :func:`reference_rises`): where its log grows fastest, and where it first reaches
 90 % of its highest value. The onset (half the plateau, in linear scale) lies between the two.
 """

@@ -43,13 +43,18 @@ def _interval(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bool = False) -> argparse.Namespace:
-    """The flags every method example takes (and, with ``paper``, ``--paper``, ``--projector-dim``, ``--lr``)."""
+def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bool = False,
+               paper_overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+    """The flags every method example takes (and, with ``paper``, ``--paper``, ``--projector-dim``, ``--lr``).
+
+    ``paper_overrides`` changes the ``--paper`` preset for one method (e.g. more steps).
+    """
     parser = argparse.ArgumentParser(description=description)
+    preset = {**PAPER, **(paper_overrides or {})}
     if paper:
         parser.add_argument("--paper", action="store_true",
                             help="the paper's experiment: " + ", ".join(f"--{k.replace('_', '-')} {v}"
-                                                                        for k, v in PAPER.items())
+                                                                        for k, v in preset.items())
                             + " (flags given explicitly win)")
         parser.add_argument("--projector-dim", type=int, default=2048, help="projection head width and output")
         parser.add_argument("--lr", type=float, default=0.06, help="SGD learning rate")
@@ -79,7 +84,7 @@ def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bo
     if getattr(args, "paper", False):  # the preset fills what was not given on the command line
         given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
                  if a.startswith("--")}
-        for name, value in PAPER.items():
+        for name, value in preset.items():
             if name not in given:
                 setattr(args, name, value)
     args.input_size = args.input_size or DEFAULT_INPUT_SIZE[args.data]
