@@ -20,29 +20,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import numpy as np
 import torch
+from spectrum_cost import timed  # the benchmarks' folder is on sys.path when run as a script
 
 from lightning_stepwise.accumulators import CovarianceRows
 from lightning_stepwise.mode_identity import ModeMatcher
 from lightning_stepwise.onsets import OnsetTracker
 from lightning_stepwise.synthetic import mode_family_run
-
-
-def timed(fn, device: str, repeats: int) -> float:
-    """Median milliseconds of ``fn`` (device time on CUDA: synchronised before and after)."""
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def measure(d: int, args: argparse.Namespace) -> dict[str, float]:
@@ -51,8 +37,8 @@ def measure(d: int, args: argparse.Namespace) -> dict[str, float]:
     rows = (torch.randn(n, d, generator=g) * torch.logspace(0, -4, d)).to(device)
     acc = CovarianceRows(d, capacity=n, device=device)
     acc.update(rows)
-    out = {"d": d, "gram_ms": timed(lambda: acc.problem(), device, args.repeats),
-           "gram_rows_ms": timed(lambda: acc.problem(directions=k), device, args.repeats)}
+    out = {"d": d, "gram_ms": 1e3 * timed(lambda: acc.problem(), device, args.repeats),
+           "gram_rows_ms": 1e3 * timed(lambda: acc.problem(directions=k), device, args.repeats)}
     problem = acc.problem(directions=k)
     basis = problem.basis.reshape(-1)
 
@@ -62,18 +48,18 @@ def measure(d: int, args: argparse.Namespace) -> dict[str, float]:
         host = torch.empty(basis.shape, dtype=basis.dtype, pin_memory=True)
         return host.copy_(basis, non_blocking=True)
 
-    out["to_host_ms"] = timed(rows_to_host, device, args.repeats)
+    out["to_host_ms"] = 1e3 * timed(rows_to_host, device, args.repeats)
     out["basis_mib"] = basis.numel() * 4 / 2**20
     host = problem.layout().from_flat(problem.flat().cpu(), basis.cpu())
-    out["eigvalsh_ms"] = timed(lambda: torch.linalg.eigvalsh(host.matrix), "cpu", args.repeats)
-    out["eigh_ms"] = timed(lambda: torch.linalg.eigh(host.matrix), "cpu", args.repeats)
-    out["solve_ms"] = timed(host.solve_with_directions, "cpu", args.repeats)
+    out["eigvalsh_ms"] = 1e3 * timed(lambda: torch.linalg.eigvalsh(host.matrix), "cpu", args.repeats)
+    out["eigh_ms"] = 1e3 * timed(lambda: torch.linalg.eigh(host.matrix), "cpu", args.repeats)
+    out["solve_ms"] = 1e3 * timed(host.solve_with_directions, "cpu", args.repeats)
     values, directions = host.solve_with_directions()
     values_np, directions_np = values.numpy()[:k], directions.numpy()
     matcher = ModeMatcher()
     matcher.update(values_np, directions_np)
     rotation = np.linalg.qr(np.eye(k) + 0.01 * np.random.default_rng(0).standard_normal((k, k)))[0]
-    out["match_ms"] = timed(lambda: matcher.update(values_np, directions_np @ rotation), "cpu", args.repeats)
+    out["match_ms"] = 1e3 * timed(lambda: matcher.update(values_np, directions_np @ rotation), "cpu", args.repeats)
     out["kept_mib"] = matcher.state_dict()["anchors"].nbytes / 2**20 + k * d * 4 / 2**20  # + k onset directions
     return out
 
@@ -93,7 +79,7 @@ def detection_ms(k: int, rows: int, repeats: int) -> float:
     def one_more_row() -> None:
         copy.deepcopy(tracker).update(run.steps, values, mode_ids=ids)
 
-    return timed(one_more_row, "cpu", repeats)
+    return 1e3 * timed(one_more_row, "cpu", repeats)
 
 
 def main() -> None:
