@@ -26,7 +26,7 @@ import torch
 from spectrum_cost import timed  # the benchmarks' folder is on sys.path when run as a script
 
 from lightning_stepwise.accumulators import CovarianceRows
-from lightning_stepwise.mode_identity import ModeMatcher
+from lightning_stepwise.mode_identity import ModeMatcher, follow_modes
 from lightning_stepwise.onsets import OnsetTracker
 from lightning_stepwise.synthetic import mode_family_run
 
@@ -67,11 +67,7 @@ def measure(d: int, args: argparse.Namespace) -> dict[str, float]:
 def detection_ms(k: int, rows: int, repeats: int) -> float:
     """Onset detection per identity after one new row, on a history of ``rows`` rows of ``k`` identities."""
     run = mode_family_run("all", k, rows=rows, seed=0)
-    matcher = ModeMatcher()
-    ids, values = np.full((rows, k), -1), np.full((rows, k), np.nan)
-    for t in range(rows):
-        i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
-        ids[t, : len(i)], values[t, : len(v)] = i, v
+    ids, values, _, _ = follow_modes(run.eigenvalues, run.directions)
     tracker = OnsetTracker()
     for end in range(3, rows):  # as during training: one update per measurement
         tracker.update(run.steps[:end], values[:end], mode_ids=ids[:end])

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from lightning_stepwise.loss_steps import closest_pairs
-from lightning_stepwise.mode_identity import ModeMatcher
+from lightning_stepwise.mode_identity import follow_modes
 from lightning_stepwise.onsets import detect_onsets
 from lightning_stepwise.synthetic import MODE_FAMILIES, SyntheticModeRun, mode_family_run
 
@@ -38,15 +38,8 @@ GOAL = {"found": 0.95, "false": 0.05, "median_error": 1.0}
 
 def identities(run: SyntheticModeRun) -> tuple[np.ndarray, np.ndarray, list[dict[int, np.ndarray]]]:
     """(mode_ids, mode values, per row {identity: direction}) as the monitor records them."""
-    matcher = ModeMatcher()
-    rows, k = len(run.steps), run.directions.shape[2]
-    ids, values = np.full((rows, k), -1, dtype=np.int64), np.full((rows, k), np.nan)
-    directions = []
-    for t in range(rows):
-        i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
-        ids[t, : len(i)], values[t, : len(v)] = i[:k], v[:k]
-        directions.append({int(n): matcher.direction(int(n)) for n in i[:k]})
-    return ids, values, directions
+    followed = follow_modes(run.eigenvalues, run.directions, keep_directions=True)
+    return followed.mode_ids, followed.mode_eigenvalues, followed.directions or []
 
 
 def score(run: SyntheticModeRun, route: str, tolerance: float) -> tuple[int, int, list[tuple[int, int]], list[float]]:

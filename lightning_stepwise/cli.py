@@ -29,7 +29,7 @@ def _report(args: argparse.Namespace) -> int:
     if not run.exists():
         print(f"lightning-stepwise report: {run} does not exist", file=sys.stderr)
         return 2
-    from lightning_stepwise.onsets import ONSET_OPTIONS
+    from lightning_stepwise.onset_core import ONSET_OPTIONS
 
     options = {name: getattr(args, name) for name in ONSET_OPTIONS}
     try:
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--output", default=None, help="folder for the files (default: next to each spectrum)")
     report.add_argument("--x", choices=["step", "time"], default="step",
                         help="x axis of the figure: optimizer step or effective time (sum of learning rates)")
-    from lightning_stepwise.onsets import ONSET_OPTIONS
+    from lightning_stepwise.onset_core import ONSET_OPTIONS
 
     for name, (default, meaning) in ONSET_OPTIONS.items():
         report.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,

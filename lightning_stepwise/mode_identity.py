@@ -28,12 +28,12 @@ crosses another's, and a rising mode is not confused with the plateau it passes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["ModeMatcher", "identity_series"]
+__all__ = ["FollowedModes", "ModeMatcher", "follow_modes", "identity_series"]
 
 
 class ModeMatcher:
@@ -215,3 +215,50 @@ def identity_series(identities: ArrayLike) -> dict[int, tuple[np.ndarray, np.nda
     return {int(flat[chunk[0]]): (r, c) for chunk, r, c in
             zip(np.split(np.arange(len(flat)), bounds), np.split(rows, bounds), np.split(columns, bounds),
                 strict=True) if len(chunk)}
+
+
+class FollowedModes(NamedTuple):
+    """Identity-tracked trajectories, as the monitor records them (see :func:`follow_modes`)."""
+
+    #: (T, k) identity of each value (-1: none), by value descending in each row
+    mode_ids: np.ndarray
+    #: (T, k) each identity's eigenvalue (NaN: none)
+    mode_eigenvalues: np.ndarray
+    #: (T, k) each identity's overlap with its best-matching measured direction (NaN: none)
+    mode_overlap: np.ndarray
+    #: per row, ``{identity: direction}`` after that row (only with ``keep_directions=True``)
+    directions: list[dict[int, np.ndarray]] | None
+
+
+def follow_modes(eigenvalues: ArrayLike, directions: ArrayLike, *, matcher: ModeMatcher | None = None,
+                 keep_directions: bool = False) -> FollowedModes:
+    """Follow identities through measurements: (T, k) eigenvalues and (T, d, k) directions, row by row.
+
+    What the monitor does at each measurement, for a whole recorded or generated run at once. ``matcher``
+    continues an existing matcher (a new ``ModeMatcher()`` by default); ``keep_directions`` also returns each
+    live identity's direction after every row (``d x k`` floats per row).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> basis, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+        >>> eigenvalues = np.array([[3.0, 2.0], [4.0, 3.0]])  # the second direction overtakes the first
+        >>> followed = follow_modes(eigenvalues, np.stack([basis[:, :2], basis[:, [1, 0]]]))
+        >>> followed.mode_ids.tolist()
+        [[0, 1], [1, 0]]
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    v = np.asarray(directions)
+    if lam.ndim != 2 or v.ndim != 3 or v.shape[0] != lam.shape[0] or v.shape[2] != lam.shape[1]:
+        raise ValueError(f"need (T, k) eigenvalues and (T, d, k) directions, got shapes {lam.shape} and {v.shape}")
+    matcher = matcher if matcher is not None else ModeMatcher()
+    rows, k = lam.shape
+    ids = np.full((rows, k), -1, dtype=np.int64)
+    values, overlaps = np.full((rows, k), np.nan), np.full((rows, k), np.nan)
+    kept: list[dict[int, np.ndarray]] | None = [] if keep_directions else None
+    for t in range(rows):
+        i, value, overlap = matcher.update(lam[t], v[t])
+        n = min(len(i), k)
+        ids[t, :n], values[t, :n], overlaps[t, :n] = i[:n], value[:n], overlap[:n]
+        if kept is not None:
+            kept.append({int(n_): direction for n_ in i[:n] if (direction := matcher.direction(int(n_))) is not None})
+    return FollowedModes(ids, values, overlaps, kept)

@@ -33,7 +33,7 @@ from lightning_stepwise.lightning_compat import (
     print_line,
     total_steps,
 )
-from lightning_stepwise.onsets import check_onset_options
+from lightning_stepwise.onset_core import check_onset_options
 from lightning_stepwise.problems import StepwiseWarning
 from lightning_stepwise.report import final_onset_table, save_problems, write_run_files
 from lightning_stepwise.theory import TheoryPrediction

@@ -21,7 +21,8 @@ import numpy as np
 
 from lightning_stepwise.history import SCALAR_COLUMNS
 from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
-from lightning_stepwise.onsets import ONSET_COLUMNS, check_onset_options, detect_onsets
+from lightning_stepwise.onset_core import ONSET_COLUMNS, check_onset_options
+from lightning_stepwise.onsets import detect_onsets
 from lightning_stepwise.trajectory import OnsetInputWarning
 
 __all__ = [

@@ -29,7 +29,8 @@ from lightning_stepwise.capture import to_embedding_rows
 from lightning_stepwise.distributed import all_gather_floats
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.mode_identity import ModeMatcher
-from lightning_stepwise.onsets import ONSET_COLUMNS, OnsetTracker
+from lightning_stepwise.onset_core import ONSET_COLUMNS
+from lightning_stepwise.onsets import OnsetTracker
 from lightning_stepwise.problems import ProblemCounter
 from lightning_stepwise.spectrum import uses_gram_route
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_stepwise.mode_identity import ModeMatcher, identity_series
+from lightning_stepwise.mode_identity import ModeMatcher, follow_modes, identity_series
 from lightning_stepwise.onsets import detect_onsets
 from lightning_stepwise.spectrum import covariance_problem
 from lightning_stepwise.synthetic import mode_family_run
@@ -149,14 +149,7 @@ def test_identity_route_finds_the_true_onsets_of_each_family(family):
     errors = []
     for seed in range(3):
         run = mode_family_run(family, 16, noise=0.15, seed=seed, rows=200)
-        matcher = ModeMatcher()
-        k = run.directions.shape[2]
-        ids, values = np.full((200, k), -1), np.full((200, k), np.nan)
-        directions = []
-        for t in range(200):
-            i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
-            ids[t, : len(i)], values[t, : len(v)] = i, v
-            directions.append({int(n): matcher.direction(int(n)) for n in i})
+        ids, values, _, directions = follow_modes(run.eigenvalues, run.directions, keep_directions=True)
         onsets = detect_onsets(run.steps, values, mode_ids=ids)
         total += len(run.onset_steps)
         taken = set()
@@ -201,11 +194,7 @@ def test_a_renamed_direction_on_its_plateau_is_not_a_new_mode():
 
 def test_identity_route_is_causal():
     run = mode_family_run("all", 16, noise=0.15, seed=5, rows=200)
-    matcher = ModeMatcher()
-    ids, values = np.full((200, 16), -1), np.full((200, 16), np.nan)
-    for t in range(200):
-        i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
-        ids[t, : len(i)], values[t, : len(v)] = i, v
+    ids, values, _, _ = follow_modes(run.eigenvalues, run.directions)
     full = detect_onsets(run.steps, values, mode_ids=ids)
     for end in (80, 120, 160):
         prefix = detect_onsets(run.steps[:end], values[:end], mode_ids=ids[:end])
@@ -271,11 +260,7 @@ def test_online_tracker_finds_what_the_offline_detection_finds():
     from lightning_stepwise.onsets import OnsetTracker
 
     run = mode_family_run("all", 16, noise=0.3, seed=7, rows=150)
-    matcher = ModeMatcher()
-    ids, values = np.full((150, 16), -1), np.full((150, 16), np.nan)
-    for t in range(150):
-        i, v, _ = matcher.update(run.eigenvalues[t], run.directions[t])
-        ids[t, : len(i)], values[t, : len(v)] = i, v
+    ids, values, _, _ = follow_modes(run.eigenvalues, run.directions)
     offline = detect_onsets(run.steps, values, mode_ids=ids)
     tracker = OnsetTracker()
     online = []
@@ -340,3 +325,17 @@ def test_mode_directions_must_be_a_count():
         StepwiseMonitor(mode_directions=-1)
     with pytest.raises(ValueError, match="every_n_steps"):
         StepwiseMonitor(every_n_steps="sometimes")
+
+
+def test_follow_modes_equals_the_matcher_row_by_row_and_checks_shapes():
+    run = mode_family_run("spread", 8, rows=60, seed=3)
+    followed = follow_modes(run.eigenvalues, run.directions, keep_directions=True)
+    matcher = ModeMatcher()
+    for t in range(60):
+        ids, values, overlaps = matcher.update(run.eigenvalues[t], run.directions[t])
+        assert followed.mode_ids[t, : len(ids)].tolist() == ids.tolist()
+        np.testing.assert_allclose(followed.mode_eigenvalues[t, : len(ids)], values)
+        np.testing.assert_allclose(followed.mode_overlap[t, : len(ids)], overlaps)
+        assert set(followed.directions[t]) == set(ids.tolist())
+    with pytest.raises(ValueError, match=r"\(T, d, k\) directions"):
+        follow_modes(run.eigenvalues, run.directions[:, :, :3])

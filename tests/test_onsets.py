@@ -26,7 +26,8 @@ from lightning_stepwise.loss_steps import (  # noqa: E402
     detect_loss_steps,
     match_loss_drops,
 )
-from lightning_stepwise.onsets import ONSET_COLUMNS, detect_onsets  # noqa: E402
+from lightning_stepwise.onset_core import ONSET_COLUMNS  # noqa: E402
+from lightning_stepwise.onsets import detect_onsets  # noqa: E402
 from lightning_stepwise.plots import plot_stepwise  # noqa: E402
 from lightning_stepwise.report import format_onset_table, load_onsets, save_onsets  # noqa: E402
 from lightning_stepwise.synthetic import stepwise_trajectories  # noqa: E402
@@ -734,7 +735,8 @@ def test_plot_stepwise(tmp_path, with_loss):
 def test_documented_defaults_are_the_ones_used():
     import inspect
 
-    from lightning_stepwise.onsets import DEFAULT_ONSET_OPTIONS, OnsetTracker
+    from lightning_stepwise.onset_core import DEFAULT_ONSET_OPTIONS
+    from lightning_stepwise.onsets import OnsetTracker
 
     signature = inspect.signature(detect_onsets).parameters
     assert {k: signature[k].default for k in DEFAULT_ONSET_OPTIONS} == DEFAULT_ONSET_OPTIONS
