@@ -1,18 +1,22 @@
 """Streaming statistics of one measurement window, with their states declared once.
 
 An accumulator takes the embedding rows of the window's batches on their device and ends in a
-:class:`~lightning_stepwise.spectrum.SpectrumProblem`. Every state is declared with :meth:`~WindowAccumulator.add_state`
+[`SpectrumProblem`][lightning_stepwise.spectrum.SpectrumProblem]. Every state is declared with
+[`add_state`][lightning_stepwise.accumulators.WindowAccumulator.add_state]
 and how it combines across DDP ranks (``"sum"``, ``"cat"``, or ``None`` for a value that is the same on
 every rank), in the spirit of torchmetrics' ``add_state(..., dist_reduce_fx=...)``: moving
-(:meth:`~WindowAccumulator.to`), the reduction across ranks, checkpoint state and restore
-(:func:`accumulator_from_state`) all come from that one registry.
+([`to`][lightning_stepwise.accumulators.WindowAccumulator.to]), the reduction across ranks, checkpoint state and restore
+([`accumulator_from_state`][lightning_stepwise.accumulators.accumulator_from_state]) all come from that one registry.
 
 Three accumulators, chosen by the monitor:
 
-- :class:`CovarianceMoments`: shifted float64 sums; the ``d x d`` covariance. Memory ``d x d`` float64.
-- :class:`CovarianceRows`: the rows themselves (float32 holds bf16/fp16/fp32 exactly) in one buffer made
+- [`CovarianceMoments`][lightning_stepwise.accumulators.CovarianceMoments]: shifted float64 sums; the ``d x d``
+  covariance. Memory ``d x d`` float64.
+- [`CovarianceRows`][lightning_stepwise.accumulators.CovarianceRows]: the rows themselves (float32 holds bf16/fp16/fp32
+  exactly) in one buffer made
   when the window opens; the ``N x N`` centred Gram matrix. Cheaper when ``N < d``.
-- :class:`CrossCorrelationSums`: ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two views, uncentred: the matrix of the
+- [`CrossCorrelationSums`][lightning_stepwise.accumulators.CrossCorrelationSums]: ``C = (Z0ᵀ Z1 + Z1ᵀ Z0) / 2n`` of two
+  views, uncentred: the matrix of the
   linear theory and the simplified Barlow Twins loss. Memory ``d x d`` float64.
 
 They are deliberately not torchmetrics ``Metric`` objects: its sync gathers state sizes to the host (a
@@ -45,8 +49,9 @@ Reduction = Literal["sum", "cat"] | None
 class WindowAccumulator:
     """Shared parts: a registry of states on one device, skipped-batch counting, a sync-free reduction.
 
-    Subclasses declare their states with :meth:`add_state` in ``__init__`` and list the constructor
-    arguments that rebuild them in :meth:`config`; ``host_counters`` names plain ``int`` attributes
+    Subclasses declare their states with [`add_state`][lightning_stepwise.accumulators.WindowAccumulator.add_state] in
+    ``__init__`` and list the constructor
+    arguments that rebuild them in `config`; ``host_counters`` names plain ``int`` attributes
     (counts kept on the host) that belong in the checkpoint too.
 
     Examples:
@@ -105,7 +110,7 @@ class WindowAccumulator:
         self.after_reduce()
 
     def after_reduce(self) -> None:
-        """Bring host-side counters in line after :meth:`reduce_across_ranks` (subclass hook)."""
+        """Bring host-side counters in line after `reduce_across_ranks` (subclass hook)."""
 
     def saved(self, name: str) -> Tensor:
         """The part of a state that goes into a checkpoint (all of it unless a subclass trims it)."""
@@ -122,7 +127,7 @@ class WindowAccumulator:
                 "states": {name: self.saved(name).detach().cpu() for name in self.states}}
 
     def rank_state_dicts(self) -> list[dict[str, Any]]:
-        """Every rank's :meth:`state_dict`, in rank order, on every rank (a collective under DDP).
+        """Every rank's `state_dict`, in rank order, on every rank (a collective under DDP).
 
         Lightning saves only global rank zero's callback state: a checkpoint taken in the middle of a
         window must hold every rank's partial statistics, or a resumed run measures rank zero's twice.
@@ -152,7 +157,7 @@ class WindowAccumulator:
             raise ValueError(f"expected rows of shape (N, {self.dim}), got {tuple(rows.shape)}")
 
     def prepared(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """:func:`~lightning_stepwise.spectrum.prepare_rows` on this device, counting a non-finite batch."""
+        """[`prepare_rows`][lightning_stepwise.spectrum.prepare_rows] on this device, counting a non-finite batch."""
         self.check(rows)
         x, ok = prepare_rows(rows.to(self.device), self.normalize)
         self.skipped_batches += 1.0 - ok
@@ -161,7 +166,8 @@ class WindowAccumulator:
     def begin(self, rows: Tensor | None) -> None:
         """Start a window: called on every rank with its first batch (``None`` where a rank has none).
 
-        A collective for accumulators that must agree on something first (see :class:`CovarianceMoments`).
+        A collective for accumulators that must agree on something first (see
+        [`CovarianceMoments`][lightning_stepwise.accumulators.CovarianceMoments]).
         """
 
     def update(self, rows: Tensor) -> None:  # pragma: no cover - abstract
@@ -195,7 +201,7 @@ class CovarianceMoments(WindowAccumulator):
     """Streaming covariance as shifted float64 sums; eigenvalues of the ``d x d`` matrix.
 
     Sum-reducible across DDP ranks provided every rank uses the same ``shift``: given, or set by
-    :meth:`begin` to the mean of the window's first batch over all ranks. Memory: ``d x d`` float64.
+    `begin` to the mean of the window's first batch over all ranks. Memory: ``d x d`` float64.
 
     Examples:
         >>> acc = CovarianceMoments(dim=3, shift=torch.zeros(3, dtype=torch.float64))
@@ -350,7 +356,7 @@ ACCUMULATORS: dict[str, type[WindowAccumulator]] = {
 
 
 def accumulator_from_state(state: dict[str, Any], device: torch.device | str | None = None) -> WindowAccumulator:
-    """Rebuild an accumulator from its :meth:`~WindowAccumulator.state_dict` (e.g. from a checkpoint), on ``device``.
+    """Rebuild an accumulator from its `state_dict` (e.g. from a checkpoint), on ``device``.
 
     Examples:
         >>> acc = CovarianceRows(dim=4, capacity=8); acc.update(torch.randn(3, 4))

@@ -211,7 +211,8 @@ def find_tracking_points(
 ) -> list[TrackingPoint]:
     """Resolve where to capture embeddings: the given dotted path(s), or auto-detection.
 
-    Raises :class:`NoEmbeddingFoundError`, listing the submodules it found and the two ways to point
+    Raises [`NoEmbeddingFoundError`][lightning_stepwise.capture.NoEmbeddingFoundError], listing the submodules it found
+    and the two ways to point
     the monitor, when nothing usable exists.
 
     Examples:

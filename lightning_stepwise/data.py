@@ -132,8 +132,10 @@ class DigitsDataModule(pl.LightningDataModule):
     """The embedded digits as a datamodule: two-view SSL batches to train on, labelled images to probe.
 
     ``train_dataloader()`` yields Lightly's layout ``((view0, view1), labels)`` (see
-    :func:`digits_dataloader`); ``val_dataloader()`` the un-augmented validation split of
-    :func:`digits_probe_loaders`. A :class:`~lightning_stepwise.LinearProbe` without loaders of its own
+    [`digits_dataloader`][lightning_stepwise.data.digits_dataloader]); ``val_dataloader()`` the un-augmented validation
+    split of
+    [`digits_probe_loaders`][lightning_stepwise.data.digits_probe_loaders]. A
+    [`LinearProbe`][lightning_stepwise.linear_probe.LinearProbe] without loaders of its own
     fits on the first training view and measures on the validation split. Made for ``LightningCLI``
     configs (``data: class_path: lightning_stepwise.data.DigitsDataModule``).
 

@@ -107,7 +107,7 @@ def format_summary(history: dict[str, np.ndarray], max_rows: int = 12, top: int 
 def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
              batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int = 20,
              quiet: bool = False) -> StepwiseMonitor:
-    """Train :class:`DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()``.
+    """Train `DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()``.
 
     Returns the monitor (its ``history`` and ``output_dir``). Files go to
     ``<output>/logs/version_N/stepwise`` (the CSV logger's folder).

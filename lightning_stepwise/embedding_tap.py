@@ -1,6 +1,7 @@
 """The hook that copies a tracking point's embeddings while a measurement window is open.
 
-:class:`EmbeddingTap` keeps detached copies of what the point's module receives (a loss, a prototype
+[`EmbeddingTap`][lightning_stepwise.embedding_tap.EmbeddingTap] keeps detached copies of what the point's module
+receives (a loss, a prototype
 layer: only the online inputs, as rows of the embedding space) or returns. Per training step it leaves
 out calls made under ``torch.no_grad`` beside calls with gradients (a queue or momentum pass), and, for a
 prototype layer, calls whose output never reached the loss (patch tokens scored by the same head for
@@ -79,7 +80,8 @@ class EmbeddingTap:
     def __init__(self, point: TrackingPoint) -> None:
         self.point = point
         self.active = False
-        #: Inputs left out as not online, by reason (see :func:`online_tensors`), since attached.
+        #: Inputs left out as not online, by reason (see
+        #: [`online_tensors`][lightning_stepwise.capture.online_tensors]), since attached.
         self.left_out: Counter[str] = Counter()
         #: Candidate tensors kept since attached.
         self.kept = 0
@@ -113,7 +115,8 @@ class EmbeddingTap:
     def add(self, tensors: Iterable[Tensor], *, with_grad: bool = True) -> None:
         """Keep detached copies of ``tensors`` (used by hooks and for ``embedding_fn`` outputs).
 
-        ``with_grad=False`` marks tensors from a call under ``torch.no_grad``: :meth:`take` leaves them out
+        ``with_grad=False`` marks tensors from a call under ``torch.no_grad``:
+        [`take`][lightning_stepwise.embedding_tap.EmbeddingTap.take] leaves them out
         when the same step also brought tensors from calls with gradients.
         """
         self._calls.append(([t.detach().clone() for t in tensors], with_grad, set()))

@@ -28,7 +28,7 @@ SCALAR_COLUMNS: tuple[str, ...] = (
 _INTEGER_COLUMNS = frozenset({"measurement", "step", "epoch", "samples"})
 
 #: Per-mode columns (one value per identity-tracked mode in a row, by eigenvalue descending), with their
-#: padding: the identity of each mode (see :class:`~lightning_stepwise.mode_identity.ModeMatcher`), its
+#: padding: the identity of each mode (see [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher]), its
 #: eigenvalue, and its largest squared cosine with a measured eigen-direction.
 MODE_COLUMNS: dict[str, float] = {"mode_ids": -1, "mode_eigenvalues": math.nan, "mode_overlap": math.nan}
 
@@ -65,7 +65,7 @@ class SpectrumHistory:
 
     def append(self, *, measurement: int, eigenvalues: np.ndarray, modes: Mapping[str, np.ndarray] | None = None,
                **scalars: float) -> None:
-        """Record one measurement (ignored when thinning has dropped its index); ``modes``: :data:`MODE_COLUMNS`."""
+        """Record one measurement (ignored when thinning has dropped its index); ``modes``: `MODE_COLUMNS`."""
         if not self.wants(measurement):
             return
         if self._rows and measurement <= self._rows[-1]["measurement"]:
@@ -149,7 +149,7 @@ class SpectrumHistory:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from [`state_dict`][lightning_stepwise.history.SpectrumHistory.state_dict]."""
         self.stride = int(state["stride"])
         self._arrays = None
         columns = {name: np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t)

@@ -1,8 +1,8 @@
 """Onsets on identity-tracked trajectories: each mode examined along its own eigen-direction.
 
-Pure functions on arrays, no Lightning. :class:`~lightning_stepwise.mode_identity.ModeMatcher` gives every
+Pure functions on arrays, no Lightning. [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher] gives every
 measured direction an identity that survives eigenvalue crossings; here each identity's own eigenvalue
-trajectory is examined for a rise (the rules are those of :func:`~lightning_stepwise.onsets.detect_onsets`,
+trajectory is examined for a rise (the rules are those of [`detect_onsets`][lightning_stepwise.onsets.detect_onsets],
 which uses this route when given ``mode_ids``):
 
 - a running median, a running-minimum floor and a rise of ``min_rise`` above it, held for ``plateau_rows``;
@@ -11,7 +11,7 @@ which uses this route when given ``mode_ids``):
 - a rise no bigger than ``sqrt(min_rise)`` times the growth of the spectrum's bulk is the whole spectrum
   growing, and the search continues after it;
 - a plateau below ``min_relative_plateau`` of the largest plateau learned before, or below
-  :data:`~lightning_stepwise.onset_core.RESOLUTION` of its row's largest value, is not a mode;
+  `RESOLUTION` of its row's largest value, is not a mode;
 - an identity born mid-run takes its floor from the rank it appeared at; an onset before its birth is a
   direction renamed on its plateau, not a new mode.
 """
@@ -35,7 +35,7 @@ from lightning_stepwise.onset_core import (
     check_onset_options,
     find_rise,
     onset_record,
-    prepare_rows,
+    prepare_trajectory,
 )
 from lightning_stepwise.trajectory import level_crossing, running_median
 
@@ -126,7 +126,8 @@ def _plateau_tolerance(raw: np.ndarray, m: np.ndarray, smoothing: int, plateau_r
 class IdentityOnsetTracker:
     """Onsets of identity-tracked modes in a trajectory that grows during training.
 
-    Give :meth:`update` the whole trajectory so far each time; it returns the modes newly confirmed, with
+    Give [`update`][lightning_stepwise.identity_onsets.IdentityOnsetTracker.update] the whole trajectory so far each
+    time; it returns the modes newly confirmed, with
     ``mode`` the order in which they were learned and ``identity`` the mode's identity. Only the identities
     present in the rows added since the last call are examined, each from its lowest point so far, and one is
     skipped when no new row exceeds ``min_rise`` times its lowest value (no new rise is possible): the cost
@@ -134,7 +135,7 @@ class IdentityOnsetTracker:
 
     Args:
         records: the dict to keep the records in, by identity (shared with a caller that keeps them).
-        **options: the detection options (see :data:`~lightning_stepwise.onset_core.ONSET_OPTIONS`).
+        **options: the detection options (see `ONSET_OPTIONS`).
 
     Examples:
         >>> from lightning_stepwise.mode_identity import follow_modes
@@ -170,7 +171,7 @@ class IdentityOnsetTracker:
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore")
-            prepared = prepare_rows(steps, eigenvalues, mode_ids=mode_ids, epochs=epochs, times=times,
+            prepared = prepare_trajectory(steps, eigenvalues, mode_ids=mode_ids, epochs=epochs, times=times,
                                     check_sorted=False)
         s, values, ids = prepared.steps, prepared.values, prepared.mode_ids
         if ids is None or not ids.size:

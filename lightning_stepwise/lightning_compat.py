@@ -2,7 +2,8 @@
 
 Lightly's examples import ``pytorch_lightning``; current Lightning is ``lightning.pytorch``. Each
 Trainer accepts only callbacks derived from its own namespace's ``Callback``, so the package's callbacks
-derive from :class:`Callback`, a class with both bases (the second only when ``pytorch_lightning`` is
+derive from [`Callback`][lightning_stepwise.lightning_compat.Callback], a class with both bases (the second only when
+``pytorch_lightning`` is
 importable): both Trainers accept it.
 """
 

@@ -2,7 +2,7 @@
 
 ``f(x) = W x`` (no bias) with plain full-batch gradient descent on the simplified Barlow Twins loss
 ``c ‖C − I‖²_F`` (or on Lightly's ``BarlowTwinsLoss``), so that a run with a Trainer and the monitor
-can be held against :class:`~lightning_stepwise.theory.LinearSSLTheory`.
+can be held against [`LinearSSLTheory`][lightning_stepwise.theory.LinearSSLTheory].
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ class LinearSSL(pl.LightningModule):
         loss_scale: multiplies the loss (the theory's ``c``).
         seed: seed of the initial weights.
 
-    The map is called ``projection_head``, so :class:`~lightning_stepwise.StepwiseMonitor` finds it,
-    and ``initial_weight`` keeps ``W(0)`` for :meth:`LinearSSLTheory.step_times(W0=...)`.
+    The map is called ``projection_head``, so [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor] finds it,
+    and ``initial_weight`` keeps ``W(0)`` for
+    [`LinearSSLTheory.step_times(W0=...)`][lightning_stepwise.theory.LinearSSLTheory.step_times].
 
     Examples:
         >>> model = LinearSSL(in_dim=8, out_dim=3, init_scale=1e-3)
@@ -119,7 +120,7 @@ def digits_view_pairs(n: int = 500, *, size: int = 8, seed: int = 0) -> tuple[np
 
     The linear-theory experiment's data: the paper used 500 CIFAR-10 images with two random crops
     each; this uses scikit-learn's digits (``size × size`` pixels, augmented by
-    :func:`~lightning_stepwise.data.random_view`).
+    [`random_view`][lightning_stepwise.data.random_view]).
     Centring removes the mean direction (which a covariance ignores but ``C`` would learn first);
     scaling makes the largest ``γ`` 1, so learning rates carry over between datasets.
 
@@ -156,7 +157,7 @@ def run_linear_theory_experiment(
     output: str | None = None,
     progress: bool = False,
 ) -> tuple[Any, Any]:
-    """Train :class:`LinearSSL` on :func:`digits_view_pairs` with a monitor holding it against the theory.
+    """Train `LinearSSL` on `digits_view_pairs` with a monitor holding it against the theory.
 
     The monitor measures the views' cross-correlation spectrum (the theory's ``C``) and is given the
     theory's prediction for this very initialisation (``W0``), so its onset table has

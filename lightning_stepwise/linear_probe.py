@@ -1,6 +1,7 @@
 """LinearProbe: the linear-probe accuracy of a module's frozen features during and after training.
 
-The probe maths is :mod:`lightning_stepwise.probe`; this callback decides when to probe, gathers the
+The probe maths is [`lightning_stepwise.probe`][lightning_stepwise.probe]; this callback decides when to probe, gathers
+the
 features across DDP ranks, and logs and writes the results.
 """
 
@@ -30,9 +31,10 @@ class LinearProbe(Callback):
 
     Extracts features from labelled ``train_dataloader`` and ``val_dataloader`` (default: the
     datamodule's) without gradients and with BatchNorm/Dropout in eval mode (the module's previous mode
-    is restored), fits :func:`~lightning_stepwise.probe.fit_linear_probe` and logs ``probe_top1``,
+    is restored), fits [`fit_linear_probe`][lightning_stepwise.probe.fit_linear_probe] and logs ``probe_top1``,
     ``probe_top5`` to every logger. Runs at fit end, every ``every_n_epochs`` epochs, and, with
-    ``on_new_mode=True`` and a :class:`StepwiseMonitor` in the same Trainer, each time it learns a mode.
+    ``on_new_mode=True`` and a [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor] in the same Trainer,
+    each time it learns a mode.
     Under DDP each rank extracts its own loader's batches and the features are gathered, so every rank
     fits the same probe. Results survive checkpoint resume and go to ``probe.csv`` (and the accuracy per
     number of modes to ``probe_modes.csv`` / ``probe_modes.png``) next to the monitor's files.
@@ -42,11 +44,12 @@ class LinearProbe(Callback):
         val_dataloader: labelled batches to measure it on.
         feature_fn: ``fn(module, inputs) -> features``; default: the ``backbone`` output, flattened.
         point: instead of ``feature_fn``, a dotted submodule path whose output ``forward`` produces, e.g.
-            ``"projection_head"`` (see :func:`~lightning_stepwise.probe.point_features`).
+            ``"projection_head"`` (see [`point_features`][lightning_stepwise.probe.point_features]).
         every_n_epochs: also probe at the end of every n-th epoch.
         on_new_mode: also probe whenever the Trainer's StepwiseMonitor learns a new mode.
         at_fit_end: probe when training ends.
-        method: ``"logistic"`` or ``"ridge"``; ``c``: inverse regularisation (see :mod:`lightning_stepwise.probe`).
+        method: ``"logistic"`` or ``"ridge"``; ``c``: inverse regularisation (see
+            [`lightning_stepwise.probe`][lightning_stepwise.probe]).
         c: inverse regularisation strength.
         top_k: accuracies reported besides top-1.
         modes: also report accuracy on the top-k covariance eigen-directions (at fit end).

@@ -44,7 +44,8 @@ def detect_loss_steps(
         significance: how many noise standard deviations a drop must stand out by.
 
     Returns:
-        One record per drop (keys :data:`LOSS_DROP_COLUMNS`), by increasing step: ``drop_step`` is
+        One record per drop (keys `LOSS_DROP_COLUMNS`), by
+        increasing step: ``drop_step`` is
         where the loss crosses the middle between its levels before and after, ``drop_start_step`` and
         ``drop_end_step`` where 10 % and 90 % of the drop are done.
 
@@ -114,8 +115,8 @@ def match_loss_drops(
     """Pair each mode onset with the loss drop nearest in step, one drop per onset at most.
 
     Args:
-        onsets: records from :func:`detect_onsets`.
-        drops: records from :func:`detect_loss_steps`.
+        onsets: records from [`detect_onsets`][lightning_stepwise.onsets.detect_onsets].
+        drops: records from [`detect_loss_steps`][lightning_stepwise.loss_steps.detect_loss_steps].
         tolerance: largest onset-to-drop distance in steps; default: for each onset, its rise
             duration (``rise_steps``), but at least the distance to the confirmation row.
 

@@ -3,7 +3,8 @@
 Pure functions and a small stateful matcher on NumPy arrays, no Lightning.
 
 Sorted eigenvalues say how many directions are large, not which: when two modes' eigenvalues cross, a
-rank's column is stitched from both. Eigen-directions keep the identity. :class:`ModeMatcher` follows a
+rank's column is stitched from both. Eigen-directions keep the identity.
+[`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher] follows a
 set of unit directions, one per *identity* (an integer a mode keeps for the whole run), through each
 measurement's top-k eigenvalues ``λ_j`` and eigen-directions ``v_j``:
 
@@ -189,7 +190,7 @@ class ModeMatcher:
                 "anchors": self._anchors.astype(np.float32), "missed": self._missed.copy()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore [`state_dict`][lightning_stepwise.mode_identity.ModeMatcher.state_dict]."""
         self.min_overlap, self.band = float(state["min_overlap"]), float(state["band"])
         self.patience = int(state["patience"])
         self.max_identities = None if int(state["max_identities"]) < 0 else int(state["max_identities"])
@@ -218,7 +219,7 @@ def identity_series(identities: ArrayLike) -> dict[int, tuple[np.ndarray, np.nda
 
 
 class FollowedModes(NamedTuple):
-    """Identity-tracked trajectories, as the monitor records them (see :func:`follow_modes`)."""
+    """Identity-tracked trajectories, as the monitor records them (see `follow_modes`)."""
 
     #: (T, k) identity of each value (-1: none), by value descending in each row
     mode_ids: np.ndarray

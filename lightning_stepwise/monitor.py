@@ -1,4 +1,4 @@
-"""StepwiseMonitor: the Lightning callback that feeds a :class:`~lightning_stepwise.tracker.SpectrumTracker`.
+"""StepwiseMonitor: the Lightning callback that feeds a [`SpectrumTracker`][lightning_stepwise.tracker.SpectrumTracker].
 
 The callback finds and hooks the embeddings, tells the tracker the step, learning rate and loss of each
 batch, and sends what the tracker records to the loggers, the progress bar and the run's files. All the
@@ -45,7 +45,7 @@ EmbeddingFn = Callable[[Any, Any], Tensor]
 
 
 def find_monitor(trainer: Any) -> StepwiseMonitor | None:
-    """The Trainer's first :class:`StepwiseMonitor`, if any.
+    """The Trainer's first [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor], if any.
 
     Examples:
         >>> from types import SimpleNamespace
@@ -85,7 +85,7 @@ class StepwiseMonitor(Callback):
     Args:
         module: dotted path of the submodule to track (its output, or its online inputs when it is a
             ``lightly.loss`` loss), or a list of paths to track several points. ``None``: auto-detect (see
-            :mod:`lightning_stepwise.capture`).
+            [`lightning_stepwise.capture`][lightning_stepwise.capture]).
         embedding_fn: ``embedding_fn(pl_module, batch) -> Tensor`` instead of a hook; called under
             ``no_grad`` before the training step, with the RNG and the module's buffers restored after.
         normalize: L2-normalise each embedding before the covariance. ``None``: do what the hooked
@@ -93,7 +93,7 @@ class StepwiseMonitor(Callback):
         every_n_steps: steps between the openings of two measurement windows, or ``"auto"`` (the default):
             as many measurements as every 50 steps would give over the run, a third of them log-spaced over its
             first tenth (step 0, 1, 2, 3, 4, 6, 8, ...: the first modes often rise within a hundred steps) and
-            the rest evenly spaced after it (see :mod:`lightning_stepwise.schedule`).
+            the rest evenly spaced after it (see [`lightning_stepwise.schedule`][lightning_stepwise.schedule]).
         window: samples (embedding rows, all views and ranks together) per measurement.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
         mode_directions: leading eigen-directions obtained at each measurement and followed by identity, so a
@@ -105,7 +105,7 @@ class StepwiseMonitor(Callback):
         name: prefix of logged metric names.
         prog_bar: show the effective rank and the number of learned modes in the progress bar.
         strict: raise instead of warning, counting and skipping (bad embeddings, failed eigensolves).
-        onset_options: options of :func:`~lightning_stepwise.onsets.detect_onsets` (``min_rise``,
+        onset_options: options of [`detect_onsets`][lightning_stepwise.onsets.detect_onsets] (``min_rise``,
             ``min_relative_plateau``, ``smoothing``, ``plateau_rows``) for the online detection of learned modes.
         verbose: print one line per newly learned mode (global rank zero only).
         plot_x: x axis of ``stepwise.png``: ``"step"`` or ``"time"`` (effective time).
@@ -114,7 +114,7 @@ class StepwiseMonitor(Callback):
         spectrum: ``"covariance"`` (the covariance of all captured rows) or ``"cross_correlation"``
             (the eigenvalues of ``C = (Z0ᵀZ1 + Z1ᵀZ0)/2n`` between the two views of each step, uncentred:
             the linear theory's matrix; the captured rows of a step must be the two views stacked).
-        theory: a :class:`~lightning_stepwise.theory.TheoryPrediction` to hold the run against: its
+        theory: a [`TheoryPrediction`][lightning_stepwise.theory.TheoryPrediction] to hold the run against: its
             curves are drawn dashed in ``stepwise.png`` and the onset table gets
             ``predicted_onset_step`` and ``relative_error``.
         lr_optimizer: index in ``trainer.optimizers`` of the optimizer whose learning rate makes effective time.
@@ -236,7 +236,7 @@ class StepwiseMonitor(Callback):
         ``participation_ratio``, ``measurement`` and ``eigenvalues`` (rows x k, descending); with identity
         tracking (``mode_directions > 0``) also ``mode_ids``, ``mode_eigenvalues`` and ``mode_overlap``
         (rows x m: each row's tracked modes by eigenvalue, their identities and overlaps; see
-        :data:`~lightning_stepwise.history.MODE_COLUMNS`).
+        `MODE_COLUMNS`).
         """
         if self.tracker is None:
             return SpectrumHistory().as_arrays()
@@ -251,14 +251,14 @@ class StepwiseMonitor(Callback):
     def onsets(self) -> list[dict[str, float]]:
         """The learned modes of the first tracking point: one record per mode, by mode.
 
-        Columns as :data:`~lightning_stepwise.onsets.ONSET_COLUMNS`; see
-        :func:`~lightning_stepwise.onsets.detect_onsets`. Each has its matching loss drop (and the
+        Columns as `ONSET_COLUMNS`; see
+        [`detect_onsets`][lightning_stepwise.onsets.detect_onsets]. Each has its matching loss drop (and the
         theory's prediction when ``theory`` is given); a mode's onset does not change once found.
         """
         return self.onsets_of(self.tracker.point_names[0]) if self.tracker is not None else []
 
     def onsets_of(self, point: str) -> list[dict[str, float]]:
-        """The onset table of one tracking point, by point name (see :attr:`histories`)."""
+        """The onset table of one tracking point, by point name (see `histories`)."""
         if self.tracker is None:
             raise KeyError(f"no tracking point {point!r}: the monitor has not been set up by a fit yet")
         theory = self.theory if point == self.tracker.point_names[0] else None
@@ -277,7 +277,7 @@ class StepwiseMonitor(Callback):
 
     @property
     def problems(self) -> dict[str, int]:
-        """Counts of skipped work by kind (see :mod:`lightning_stepwise.problems`); summed over ranks at fit end."""
+        """Counts of skipped work by kind (see `lightning_stepwise.problems`); summed over ranks at fit end."""
         if self._problem_totals is not None:
             return dict(self._problem_totals)
         return {} if self.tracker is None else dict(self.tracker.problems.counts)

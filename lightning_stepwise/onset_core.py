@@ -1,7 +1,8 @@
 """What both onset routes share: the options, the record's columns, one trajectory's rise, the bulk level.
 
-Pure functions on arrays. :mod:`lightning_stepwise.onsets` detects onsets on sorted spectra and
-:mod:`lightning_stepwise.identity_onsets` on identity-tracked ones; both build on these.
+Pure functions on arrays. [`lightning_stepwise.onsets`][lightning_stepwise.onsets] detects onsets on sorted spectra and
+[`lightning_stepwise.identity_onsets`][lightning_stepwise.identity_onsets] on identity-tracked ones; both build on
+these.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ __all__ = [
     "ONSET_COLUMNS",
     "ONSET_OPTIONS",
     "RESOLUTION",
-    "PreparedRows",
+    "PreparedTrajectory",
     "bulk_level",
     "check_onset_options",
     "epoch_at",
     "find_rise",
     "onset_record",
-    "prepare_rows",
+    "prepare_trajectory",
     "value_at",
 ]
 
@@ -123,7 +124,7 @@ def find_rise(m: np.ndarray, min_rise: float, plateau_rows: int,
 
 
 #: The detection options, their defaults and meaning: the one source for
-#: :func:`~lightning_stepwise.onsets.detect_onsets`, :class:`~lightning_stepwise.onsets.OnsetTracker`,
+#: [`detect_onsets`][lightning_stepwise.onsets.detect_onsets], [`OnsetTracker`][lightning_stepwise.onsets.OnsetTracker],
 #: ``StepwiseMonitor(onset_options=...)`` and the ``report`` command's flags.
 ONSET_OPTIONS: dict[str, tuple[float, str]] = {
     "min_rise": (10.0, "factor by which a mode must rise above its floor to count as learned"),
@@ -162,8 +163,8 @@ def check_onset_options(**options: Any) -> dict[str, Any]:
 
 
 
-class PreparedRows(NamedTuple):
-    """An eigenvalue trajectory checked and converted for detection (see :func:`prepare_rows`)."""
+class PreparedTrajectory(NamedTuple):
+    """An eigenvalue trajectory checked and converted for detection (see `prepare_trajectory`)."""
 
     steps: np.ndarray
     values: np.ndarray
@@ -173,17 +174,17 @@ class PreparedRows(NamedTuple):
     columns: np.ndarray
 
 
-def prepare_rows(
+def prepare_trajectory(
     steps: ArrayLike, eigenvalues: ArrayLike, *, mode_ids: ArrayLike | None = None, epochs: ArrayLike | None = None,
     times: ArrayLike | None = None, check_sorted: bool = True,
-) -> PreparedRows:
+) -> PreparedTrajectory:
     """Checked float arrays, all-NaN columns and non-finite rows left out; ``columns``: the kept column indices.
 
     With ``mode_ids`` a column without an identity in a row may hold anything (padding), and only the
     identified columns must be sorted. ``ValueError`` names any shape, order or size problem.
 
     Examples:
-        >>> prepared = prepare_rows([0, 1, 2], [[2.0, np.nan], [3.0, np.nan], [4.0, np.nan]])
+        >>> prepared = prepare_trajectory([0, 1, 2], [[2.0, np.nan], [3.0, np.nan], [4.0, np.nan]])
         >>> prepared.values.ravel().tolist(), prepared.columns.tolist()
         ([2.0, 3.0, 4.0], [0])
     """
@@ -231,7 +232,7 @@ def prepare_rows(
                 f"{unsorted.size} rows are not (first: row {int(unsorted[0])}); sort them with "
                 "np.sort(eigenvalues, axis=1)[:, ::-1], or pass per_mode=True if each column is one mode's own "
                 "trajectory")
-    return PreparedRows(s, values, ids, epoch_column, time_column, columns)
+    return PreparedTrajectory(s, values, ids, epoch_column, time_column, columns)
 
 
 def bulk_level(eigenvalues: ArrayLike) -> np.ndarray:
@@ -255,16 +256,17 @@ def bulk_level(eigenvalues: ArrayLike) -> np.ndarray:
 
 
 def onset_record(
-    mode: int, rise: Mapping[str, float], prepared: PreparedRows, confirmed_step: float, identity: float = math.nan
+    mode: int, rise: Mapping[str, float], prepared: PreparedTrajectory, confirmed_step: float, identity: float =
+        math.nan
 ) -> dict[str, float]:
-    """A full onset record (the keys of :data:`ONSET_COLUMNS`) from a rise's steps and levels.
+    """A full onset record (the keys of `ONSET_COLUMNS`) from a rise's steps and levels.
 
     ``rise`` holds ``onset_step``, ``rise_start_step``, ``rise_end_step``, ``floor`` and ``plateau``; the
     epoch and effective time come from ``prepared``; the loss-drop and theory columns start as NaN.
 
     Examples:
         >>> rise = {"onset_step": 5.0, "rise_start_step": 4.0, "rise_end_step": 7.0, "floor": 0.01, "plateau": 1.0}
-        >>> onset_record(0, rise, prepare_rows([0, 5, 10], [1.0, 2.0, 3.0]), 10.0)["rise_steps"]
+        >>> onset_record(0, rise, prepare_trajectory([0, 5, 10], [1.0, 2.0, 3.0]), 10.0)["rise_steps"]
         3.0
     """
     onset = float(rise["onset_step"])

@@ -16,7 +16,8 @@ How a mode is found, per column of the (sorted) eigenvalue rows, in rank order:
    than 2 %: its value is the plateau;
 4. it is not a learned mode when the plateau is below ``min_relative_plateau`` of the largest
    eigenvalue then (the whole spectrum often grows together early on), or no higher than
-   ``sqrt(min_rise)`` times the floor of the column above (a rank shift, see :func:`detect_onsets`);
+   ``sqrt(min_rise)`` times the floor of the column above (a rank shift, see
+   [`detect_onsets`][lightning_stepwise.onsets.detect_onsets]);
 5. onset, rise start and rise end are the crossings of ½, 0.1 and 0.9 of the plateau between the floor
    and the plateau row, placed where a step function fits the smoothed values best and interpolated
    linearly between the two rows around it.
@@ -25,14 +26,17 @@ Rows whose median window reaches past the last row are left out, so results are 
 during training is the onset in the final table, whatever happens later (a slow decay, a later mode
 overtaking it in the sorted order).
 
-Rows as :class:`~lightning_stepwise.StepwiseMonitor` records them are sorted per row, so column ``j``
+Rows as [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor] records them are sorted per row, so column ``j``
 is the ``j``-th largest eigenvalue and ``mode = j`` is the ``j+1``-th mode learned: a mode that rises
 enters at its rank and pushes the others down.
 
 That is the *sorted route*, for spectra recorded without directions. When the monitor also records each
-mode's identity (``mode_ids``; see :mod:`lightning_stepwise.mode_identity`), :func:`detect_onsets` and
-:class:`OnsetTracker` take the *identity route* instead: each identity's own trajectory, examined by
-:class:`~lightning_stepwise.identity_onsets.IdentityOnsetTracker`, so crossing eigenvalues cannot mislead.
+mode's identity (``mode_ids``; see [`lightning_stepwise.mode_identity`][lightning_stepwise.mode_identity]),
+[`detect_onsets`][lightning_stepwise.onsets.detect_onsets] and
+[`OnsetTracker`][lightning_stepwise.onsets.OnsetTracker] take the *identity route* instead: each identity's own
+trajectory, examined by
+[`IdentityOnsetTracker`][lightning_stepwise.identity_onsets.IdentityOnsetTracker], so crossing eigenvalues cannot
+mislead.
 """
 
 from __future__ import annotations
@@ -49,12 +53,12 @@ from lightning_stepwise.onset_core import (
     ONSET_OPTIONS,
     RESOLUTION,
     TINY,
-    PreparedRows,
+    PreparedTrajectory,
     bulk_level,
     check_onset_options,
     find_rise,
     onset_record,
-    prepare_rows,
+    prepare_trajectory,
 )
 from lightning_stepwise.trajectory import level_crossing, running_median, steps_array
 
@@ -80,9 +84,10 @@ def detect_onsets(
         steps: (T,) optimizer step of each row, strictly increasing (any spacing).
         eigenvalues: (T, k) eigenvalues, descending in every row (as the monitor records them), or
             (T,) for a single mode. Columns that are entirely NaN (padding) are ignored; rows with
-            other NaN or infinite values are left out with an :class:`OnsetInputWarning`.
+            other NaN or infinite values are left out with an
+            [`OnsetInputWarning`][lightning_stepwise.trajectory.OnsetInputWarning].
         mode_ids: (T, m) identity of each of the first ``m <= k`` columns (``-1``: none), as
-            :class:`~lightning_stepwise.mode_identity.ModeMatcher` gives them and the monitor records them
+            [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher] gives them and the monitor records them
             (``mode_ids`` with ``mode_eigenvalues`` in its history). Each identity's trajectory is then
             examined on its own (the identity route, below); without them the columns are sorted ranks.
         epochs: (T,) epoch of each row; adds ``onset_epoch`` (the epoch in progress at the onset).
@@ -112,14 +117,16 @@ def detect_onsets(
     (a direction renamed on its plateau is not a new mode).
 
     Returns:
-        One record (a dict with the keys of :data:`ONSET_COLUMNS`) per learned mode, by increasing
+        One record (a dict with the keys of `ONSET_COLUMNS`) per learned
+        mode, by increasing
         ``mode``: on sorted rows the column index (the rank in the sorted spectrum); on the identity route
         the order in which the modes were learned (confirmed), with ``identity`` the mode's identity (NaN
         on sorted rows). Steps are interpolated between rows, so they need not be whole numbers.
         ``confirmed_step`` is the last row the detection needed: an online detector knows the onset from
         then on. ``loss_drop_*`` are NaN until
-        :func:`match_loss_drops` fills them, ``predicted_onset_step`` and ``relative_error`` until
-        :meth:`~lightning_stepwise.theory.TheoryPrediction.annotate` does.
+        [`match_loss_drops`][lightning_stepwise.loss_steps.match_loss_drops] fills them, ``predicted_onset_step`` and
+        ``relative_error`` until
+        [`annotate`][lightning_stepwise.theory.TheoryPrediction.annotate] does.
 
     Raises:
         ValueError: fewer than 3 usable rows, steps not increasing, shapes that do not match, rows
@@ -137,7 +144,7 @@ def detect_onsets(
     if mode_ids is not None:
         return IdentityOnsetTracker(**options).update(steps, eigenvalues, mode_ids, epochs=epochs, times=times,
                                                       quiet=False)
-    prepared = prepare_rows(steps, eigenvalues, epochs=epochs, times=times, check_sorted=not per_mode)
+    prepared = prepare_trajectory(steps, eigenvalues, epochs=epochs, times=times, check_sorted=not per_mode)
     if prepared.values.shape[1] == 0:
         return []
     records, _ = _scan(prepared, prepared.values.max(axis=1), per_mode=per_mode, **options)
@@ -146,7 +153,7 @@ def detect_onsets(
 
 
 def _scan(
-    prepared: PreparedRows,
+    prepared: PreparedTrajectory,
     row_max: np.ndarray,
     *,
     per_mode: bool,
@@ -212,13 +219,15 @@ def _scan(
 
 
 class OnsetTracker:
-    """:func:`detect_onsets` for a trajectory that grows during training, at a cost that does not grow.
+    """`detect_onsets` for a trajectory that grows during training, at a cost that does not grow.
 
-    Give :meth:`update` the whole trajectory so far each time; it returns the modes newly confirmed.
+    Give [`update`][lightning_stepwise.onsets.OnsetTracker.update] the whole trajectory so far each time; it returns
+    the modes newly confirmed.
     It scans only the columns from the first one not yet settled (learned, or passed over by
     ``settle_after`` learned modes above it) up to ``lookahead`` columns beyond the last learned mode,
     and only the rows from where that column's search starts. Detection is causal, so the records
-    are those :func:`detect_onsets` finds on the same rows, and a record never changes once made.
+    are those [`detect_onsets`][lightning_stepwise.onsets.detect_onsets] finds on the same rows, and a record never
+    changes once made.
 
     Examples:
         >>> steps = np.arange(0, 400, 10)
@@ -248,7 +257,8 @@ class OnsetTracker:
                epochs: ArrayLike | None = None, times: ArrayLike | None = None) -> list[dict[str, float]]:
         """Scan the trajectory so far; return the records of newly learned modes.
 
-        Sorted rows, or with ``mode_ids`` the identity route (see :func:`detect_onsets`): then only the
+        Sorted rows, or with ``mode_ids`` the identity route (see
+        [`detect_onsets`][lightning_stepwise.onsets.detect_onsets]): then only the
         identities present in the rows added since the last call are examined (the others cannot change),
         so the cost follows the live modes, not the length of the run.
         """
@@ -263,7 +273,7 @@ class OnsetTracker:
         if len(s) - lo < 3 or self._first >= values.shape[1]:
             return []
         # only the rows and columns scanned are checked and converted: the cost stays flat as the run grows
-        prepared = prepare_rows(
+        prepared = prepare_trajectory(
             s[lo:], values[lo:, self._first : last],
             epochs=None if epochs is None else np.asarray(epochs)[lo:],
             times=None if times is None else np.asarray(times)[lo:], check_sorted=False)
@@ -292,7 +302,7 @@ class OnsetTracker:
                 "scanned_step": self._identities.scanned_step}
 
     def load_state_dict(self, state: Mapping[str, Any], records: Sequence[Mapping[str, float]]) -> None:
-        """Restore from :meth:`state_dict` and the records it had (keyed by identity on the identity route)."""
+        """Restore from `state_dict` and the records it had (keyed by identity on the identity route)."""
         self._first = int(state["first"])
         self._resume_step = float(state["resume_step"])
         self._previous_floor = float(state["previous_floor"])

@@ -69,16 +69,18 @@ def plot_stepwise(
     colour when it crosses another; otherwise the sorted eigenvalues are coloured by rank.
 
     Args:
-        arrays: a history as :meth:`StepwiseMonitor.history` or :func:`load_spectrum` returns it.
-        onsets: records of :func:`~lightning_stepwise.onsets.detect_onsets`; each marked with a dot at
+        arrays: a history as [`StepwiseMonitor.history`][lightning_stepwise.monitor.StepwiseMonitor.history] or
+            [`load_spectrum`][lightning_stepwise.report.load_spectrum] returns it.
+        onsets: records of [`detect_onsets`][lightning_stepwise.onsets.detect_onsets]; each marked with a dot at
             half its plateau and a thin vertical line.
-        loss_drops: records of :func:`~lightning_stepwise.onsets.detect_loss_steps`, marked on the loss.
+        loss_drops: records of [`detect_loss_steps`][lightning_stepwise.loss_steps.detect_loss_steps], marked on the
+            loss.
         x: ``"step"`` or ``"time"`` (effective time: the running sum of the learning rate).
         max_modes: leading eigenvalues drawn.
         title: figure title.
         path: save the figure there (PNG) when given.
         predicted: a theory's curves, drawn dashed: ``step`` (S,), ``eigenvalues`` (S × d, sorted per row)
-            and optionally ``loss`` (S,); see :class:`~lightning_stepwise.theory.TheoryPrediction`.
+            and optionally ``loss`` (S,); see [`TheoryPrediction`][lightning_stepwise.theory.TheoryPrediction].
         ylabel: label of the eigenvalue axis (which spectrum it is).
 
     Returns:

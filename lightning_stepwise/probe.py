@@ -173,12 +173,14 @@ def fit_linear_probe(
         method: ``"logistic"`` (L-BFGS, sklearn's objective, default) or ``"ridge"`` (closed form).
         c: inverse regularisation strength (sklearn's ``C``).
         top_k: accuracies to report (``top1`` always); values above the class count are skipped.
-        modes: also fit on the top-``k`` covariance eigen-directions for ``k`` in :func:`mode_counts`
+        modes: also fit on the top-``k`` covariance eigen-directions for ``k`` in
+            [`mode_counts`][lightning_stepwise.probe.mode_counts]
             (``True``), for the given extra counts too (an iterable), or not (``False``).
         max_iter: L-BFGS iterations.
 
     Returns:
-        A :class:`ProbeResult` (``result["top1"]``, ``result["top5"]``, ``result["modes"]``).
+        A [`ProbeResult`][lightning_stepwise.probe.ProbeResult] (``result["top1"]``, ``result["top5"]``,
+        ``result["modes"]``).
 
     Raises:
         ValueError: empty sets, a single class, mismatched widths or lengths, non-integer labels,
@@ -372,7 +374,7 @@ def linear_probe(
         module_class: the LightningModule class a checkpoint was saved from
             (``module_class.load_from_checkpoint(path)``).
         feature_fn: ``fn(module, inputs) -> features``; default: the ``backbone`` output.
-        **fit_options: passed to :func:`fit_linear_probe`.
+        **fit_options: passed to [`fit_linear_probe`][lightning_stepwise.probe.fit_linear_probe].
 
     Examples:
         >>> result = linear_probe(model, train_loader, val_loader)   # doctest: +SKIP

@@ -2,7 +2,8 @@
 
 A measuring instrument must not kill a training run through its own trouble, and must not hide it
 either. Every skipped batch, cut window, failed eigensolve or failed probe is counted here by kind; the
-first of each kind warns (with :class:`StepwiseWarning`), ``strict=True`` raises instead, the counts go
+first of each kind warns (with [`StepwiseWarning`][lightning_stepwise.problems.StepwiseWarning]), ``strict=True``
+raises instead, the counts go
 into the run's files (``problems.json``) and fit end prints one summary line when any is non-zero.
 """
 
@@ -45,7 +46,7 @@ class StepwiseWarning(UserWarning):
 
 
 class ProblemCounter:
-    """Counts of skipped work by kind (see :data:`PROBLEM_KINDS`), warning once per warning key.
+    """Counts of skipped work by kind (see `PROBLEM_KINDS`), warning once per warning key.
 
     Examples:
         >>> counter = ProblemCounter("StepwiseMonitor")
@@ -65,7 +66,8 @@ class ProblemCounter:
         unknown = set(kinds or ()) - set(PROBLEM_KINDS)
         if unknown:
             raise KeyError(f"unknown problem kinds {sorted(unknown)}; known: {sorted(PROBLEM_KINDS)}")
-        #: Count per kind (of this process for the ``rank_local`` kinds until :meth:`totals` sums them).
+        #: Count per kind (of this process for the ``rank_local`` kinds until
+        #: [`totals`][lightning_stepwise.problems.ProblemCounter.totals] sums them).
         self.counts: dict[str, int] = dict.fromkeys(kinds if kinds is not None else PROBLEM_KINDS, 0)
         self._warned: set[str] = set()
 

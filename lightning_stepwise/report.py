@@ -2,7 +2,8 @@
 
 ``spectrum.npz`` (all arrays) and ``spectrum.csv`` (scalar columns); ``onsets.csv`` / ``onsets.json``
 (one row per learned mode); ``stepwise.png`` (eigenvalue trajectories over the loss, see
-:mod:`lightning_stepwise.plots`); ``problems.json`` (counts of skipped work); ``probe*.csv`` from the probe.
+[`lightning_stepwise.plots`][lightning_stepwise.plots]); ``problems.json`` (counts of skipped work); ``probe*.csv``
+from the probe.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def save_spectrum(
 
 
 def load_spectrum(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a ``spectrum.npz`` written by :func:`save_spectrum` (or a run folder holding one).
+    """Read a ``spectrum.npz`` written by `save_spectrum` (or a run folder holding one).
 
     Examples:
         >>> load_spectrum("missing-run")
@@ -90,7 +91,7 @@ def load_spectrum(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def save_onsets(
     records: Sequence[Mapping[str, Any]], directory: str | os.PathLike[str], stem: str = "onsets"
 ) -> tuple[Path, Path]:
-    """Write onset records as ``<stem>.csv`` and ``<stem>.json`` (columns :data:`ONSET_COLUMNS`).
+    """Write onset records as ``<stem>.csv`` and ``<stem>.json`` (columns `ONSET_COLUMNS`).
 
     Examples:
         >>> import tempfile
@@ -112,7 +113,7 @@ def save_onsets(
 
 
 def load_onsets(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """Read onset records from the ``.json`` or ``.csv`` written by :func:`save_onsets` (NaN for blanks).
+    """Read onset records from the ``.json`` or ``.csv`` written by `save_onsets` (NaN for blanks).
 
     Examples:
         >>> load_onsets("missing-run/onsets.json")
@@ -191,7 +192,8 @@ def final_onset_table(
     """The onset table as written at the end of a run, and the loss drops.
 
     Each onset gets its loss drop, and the theory's prediction when given a
-    :class:`~lightning_stepwise.theory.TheoryPrediction`. The records are new: the inputs are left as they are.
+    [`TheoryPrediction`][lightning_stepwise.theory.TheoryPrediction]. The records are new: the inputs are left as they
+    are.
 
     Examples:
         >>> steps = np.arange(60)
@@ -209,7 +211,7 @@ def final_onset_table(
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files :func:`write_run_files` wrote (``None`` where it wrote none) and the figure it drew.
+    """The files `write_run_files` wrote (``None`` where it wrote none) and the figure it drew.
 
     Examples:
         >>> from pathlib import Path
@@ -270,7 +272,7 @@ def write_run_files(
 
 def save_problems(counts: Mapping[str, int], directory: str | os.PathLike[str],
                   name: str = "problems.json") -> Path:
-    """Write the counts of skipped work (see :mod:`lightning_stepwise.problems`) as JSON.
+    """Write the counts of skipped work (see [`lightning_stepwise.problems`][lightning_stepwise.problems]) as JSON.
 
     Counts already in the file under other names are kept: the monitor and the probe each write their own.
 
@@ -290,7 +292,7 @@ def save_problems(counts: Mapping[str, int], directory: str | os.PathLike[str],
 
 @dataclass(frozen=True)
 class RunReport:
-    """What :func:`report_run` found and wrote for one ``spectrum*.npz``.
+    """What [`report_run`][lightning_stepwise.report.report_run] found and wrote for one ``spectrum*.npz``.
 
     ``note`` says why there are no onsets when the history is too short to look for them.
 
@@ -329,10 +331,11 @@ def report_run(
         run: a ``spectrum*.npz`` file, or a folder searched recursively for them (a logger's run folder).
         output: folder for the files; default: next to each spectrum file.
         x: x axis of the figure, ``"step"`` or ``"time"``.
-        **onset_options: passed to :func:`~lightning_stepwise.onsets.detect_onsets`.
+        **onset_options: passed to [`detect_onsets`][lightning_stepwise.onsets.detect_onsets].
 
     Returns:
-        One :class:`RunReport` per spectrum file. For ``spectrum_<point>.npz`` the files are
+        One [`RunReport`][lightning_stepwise.report.RunReport] per spectrum file. For ``spectrum_<point>.npz`` the
+        files are
         ``onsets_<point>.*`` and ``stepwise_<point>.png``.
 
     Examples:

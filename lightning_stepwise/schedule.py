@@ -49,7 +49,7 @@ def auto_measurement_steps(total_steps: int, every_n_steps: int = 50) -> np.ndar
 
 
 class MeasurementSchedule:
-    """Whether a window is due at a step: every ``n`` steps, or the steps of :func:`auto_measurement_steps`.
+    """Whether a window is due at a step: every ``n`` steps, or the steps of `auto_measurement_steps`.
 
     Args:
         every_n_steps: an interval, or ``"auto"``.

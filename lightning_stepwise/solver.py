@@ -68,7 +68,7 @@ def _solve(layouts: Mapping[str, ProblemLayout], flat: Tensor, basis: Tensor | N
 
 
 class HostSolver:
-    """Solve :class:`~lightning_stepwise.spectrum.SpectrumProblem` objects in one worker thread.
+    """Solve [`SpectrumProblem`][lightning_stepwise.spectrum.SpectrumProblem] objects in one worker thread.
 
     ``submit`` returns a future of ``({name: SolvedSpectrum}, extra values)``: the extra float64 values
     (e.g. the window's mean loss) travel in the same copy.

@@ -14,9 +14,12 @@ Two ways to the same eigenvalues, chosen by cost:
   The Gram matrix is formed in float64, a block of columns at a time, so the only float64 copy of the
   rows is one block.
 
-A :class:`SpectrumProblem` is a symmetric matrix and the scalars that turn its eigenvalues into the
-spectrum: what a measurement window ends in (see :mod:`lightning_stepwise.accumulators`). It can travel
-to the host as one flat vector (:meth:`SpectrumProblem.flat`, :class:`ProblemLayout`) and be solved there.
+A [`SpectrumProblem`][lightning_stepwise.spectrum.SpectrumProblem] is a symmetric matrix and the scalars that turn its
+eigenvalues into the
+spectrum: what a measurement window ends in (see [`lightning_stepwise.accumulators`][lightning_stepwise.accumulators]).
+It can travel
+to the host as one flat vector ([`SpectrumProblem.flat`][lightning_stepwise.spectrum.SpectrumProblem.flat],
+[`ProblemLayout`][lightning_stepwise.spectrum.ProblemLayout]) and be solved there.
 """
 
 from __future__ import annotations
@@ -66,9 +69,12 @@ class SpectrumProblem:
     ``samples`` and ``skipped`` are the window's counts; eigenvalues past ``rank_limit`` are set to 0
     (the Gram route's centring removes one dimension: its last eigenvalue is round-off). With fewer
     than ``min_samples`` samples the spectrum is NaN. Tensors stay on the device they were made on
-    until :meth:`solve`, which may run anywhere (the monitor solves a host copy in a worker thread).
+    until [`solve`][lightning_stepwise.spectrum.SpectrumProblem.solve], which may run anywhere (the monitor solves a
+    host copy in a worker thread).
 
-    With ``directions = k > 0``, :meth:`solve_with_directions` also gives the top-k eigen-directions in
+    With ``directions = k > 0``,
+    [`solve_with_directions`][lightning_stepwise.spectrum.SpectrumProblem.solve_with_directions] also gives the top-k
+    eigen-directions in
     embedding space. On the Gram route the matrix lives in sample space, so ``basis`` holds the centred
     rows (``N x d`` float32) and a Gram eigenvector ``u`` becomes the direction ``basisᵀ u`` (normalised).
 
@@ -93,7 +99,7 @@ class SpectrumProblem:
     basis: Tensor | None = None
 
     def flat(self) -> Tensor:
-        """All tensors as one float64 vector, for a single device-to-host copy (see :meth:`from_flat`)."""
+        """All tensors as one float64 vector, for a single device-to-host copy (see `from_flat`)."""
         device = self.matrix.device
         scalars = [self.divisor, self.samples,
                    self.skipped if self.skipped is not None else torch.zeros((), device=device),
@@ -102,11 +108,11 @@ class SpectrumProblem:
                           *(s.reshape(1).to(device=device, dtype=torch.float64) for s in scalars)])
 
     def like(self, flat: Tensor) -> SpectrumProblem:
-        """The same problem with its tensors taken from ``flat``, a copy of :meth:`flat` (e.g. on the host)."""
+        """The same problem with its tensors taken from ``flat``, a copy of `flat` (e.g. on the host)."""
         return self.layout().from_flat(flat)
 
     def layout(self) -> ProblemLayout:
-        """What it takes to rebuild this problem from :meth:`flat`, without holding its tensors."""
+        """What it takes to rebuild this problem from `flat`, without holding its tensors."""
         return ProblemLayout(size=self.matrix.shape[0], dim=self.dim, min_samples=self.min_samples,
                              nonnegative=self.nonnegative, directions=self.directions,
                              basis_rows=0 if self.basis is None else self.basis.shape[0])
@@ -116,7 +122,7 @@ class SpectrumProblem:
         return self._eigenvalues(torch.linalg.eigvalsh(self.matrix).flip(0))
 
     def solve_with_directions(self) -> tuple[Tensor, Tensor | None]:
-        """(:meth:`solve`'s eigenvalues, the top ``directions`` eigen-directions as ``d x k`` float32 columns).
+        """(`solve`'s eigenvalues, the top ``directions`` eigen-directions as ``d x k`` float32 columns).
 
         The directions are None when ``directions`` is 0 or there are too few samples; ``k`` is at most
         the rank (the samples minus one on the Gram route).
@@ -156,7 +162,7 @@ class SpectrumProblem:
 
 @dataclass(frozen=True)
 class ProblemLayout:
-    """What it takes to rebuild a :class:`SpectrumProblem` from its :meth:`~SpectrumProblem.flat` vector.
+    """What it takes to rebuild a `SpectrumProblem` from its `flat` vector.
 
     Examples:
         >>> problem = SpectrumProblem(torch.eye(2, dtype=torch.float64), divisor=torch.tensor(1.0),
@@ -262,7 +268,7 @@ def eigenvalues_from_gram(rows: Tensor) -> Tensor:
 
 def moments_problem(count: Tensor, total: Tensor, outer: Tensor, skipped: Tensor | None = None,
                     directions: int = 0) -> SpectrumProblem:
-    """The covariance spectrum from shifted float64 sums as a ``d x d`` problem (see :func:`eigenvalues_from_moments`).
+    """The covariance spectrum from shifted float64 sums as a ``d x d`` problem (see `eigenvalues_from_moments`).
 
     Examples:
         >>> z = torch.randn(10, 3, dtype=torch.float64)

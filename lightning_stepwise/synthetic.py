@@ -111,7 +111,8 @@ def stepwise_trajectories(
     )
 
 
-#: The families of :func:`mode_family_run`: what makes each hard for a detector of sorted spectra.
+#: The families of [`mode_family_run`][lightning_stepwise.synthetic.mode_family_run]: what makes each hard for a
+#: detector of sorted spectra.
 MODE_FAMILIES: dict[str, str] = {
     "baseline": "plateaus 0.8-1.25, onsets spread over 10-85 % of the run",
     "collapse": "a top mode 1e3-1e6 above the plateaus that decays to its floor over 10-50 % of the run",
@@ -123,9 +124,9 @@ MODE_FAMILIES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SyntheticModeRun(SyntheticRun):
-    """A generated run measured through finite windows, with eigen-directions (see :func:`mode_family_run`).
+    """A generated run measured through finite windows, with eigen-directions (see `mode_family_run`).
 
-    Attributes (besides those of :class:`SyntheticRun`):
+    Attributes (besides those of [`SyntheticRun`][lightning_stepwise.synthetic.SyntheticRun]):
         directions: (T, d, k) float32 eigen-directions of each row's measured covariance, column ``j`` for
             eigenvalue ``j`` of the row (descending), as the monitor obtains them.
         onset_directions: (d, n) the true direction of each learned mode at its onset, in onset order.
@@ -169,10 +170,11 @@ def mode_family_run(
     rotation: float = 0.5,
     seed: int = 0,
 ) -> SyntheticModeRun:
-    """One run of a family of :data:`MODE_FAMILIES`: modes as slowly rotating directions, measured in windows.
+    """One run of a family of `MODE_FAMILIES`: modes as slowly rotating directions, measured in windows.
 
     ``modes`` orthonormal directions in ``d = modes`` dimensions rotate slowly (``rotation`` radians over
-    the run, a random skew generator). Each has an eigenvalue trajectory as in :func:`stepwise_trajectories`
+    the run, a random skew generator). Each has an eigenvalue trajectory as in
+    [`stepwise_trajectories`][lightning_stepwise.synthetic.stepwise_trajectories]
     (logistic rises in linear scale from a floor to a plateau, half-way at the onset; the others stay at
     their floor), with multiplicative log-normal noise of relative size ``noise``. Each row is then the
     sample covariance of a window of ``window`` embeddings drawn from that covariance (a Wishart draw), and

@@ -24,7 +24,7 @@ The model is ``f(x) = W x`` with ``W`` of shape ``d × m``, trained by gradient 
 
 Kernel machines ``f(x) = W φ(x)`` follow the same dynamics with the ``γ`` of ``K^{1/2} Z K^{1/2}``,
 ``K`` the kernel over the ``2n`` stacked views and ``Z = (1/2n) [[0, I], [I, 0]]`` the pair swap.
-:func:`empirical_ntk` gives the kernel of a network at its current parameters.
+[`empirical_ntk`][lightning_stepwise.theory.empirical_ntk] gives the kernel of a network at its current parameters.
 """
 
 from __future__ import annotations
@@ -91,13 +91,15 @@ def simplified_barlow_twins_loss(z0: torch.Tensor, z1: torch.Tensor) -> torch.Te
 class LinearSSLTheory:
     """Predictions of the linear (or kernel) SSL theory for one dataset of view pairs.
 
-    Build it with :meth:`from_views` (features) or :meth:`from_kernel` (a kernel matrix).
+    Build it with [`from_views`][lightning_stepwise.theory.LinearSSLTheory.from_views] (features) or
+    [`from_kernel`][lightning_stepwise.theory.LinearSSLTheory.from_kernel] (a kernel matrix).
 
     Attributes:
         gammas: eigenvalues of ``Γ``, descending.
         eigenvectors: ``m × m`` matrix whose columns are the matching eigenvectors (``None`` for a kernel).
         feature_covariance: covariance of the stacked views (``None`` for a kernel); used to predict
-            what a covariance monitor sees (:meth:`covariance_trajectories`).
+            what a covariance monitor sees
+            ([`covariance_trajectories`][lightning_stepwise.theory.LinearSSLTheory.covariance_trajectories]).
         kernel_basis: for a kernel theory, ``K^{+1/2} u_j`` for the eigenvectors ``u_j`` of
             ``K^{1/2} Z K^{1/2}`` (``2n × r``): maps the initial outputs ``F0`` to the modes (QR route).
 
@@ -277,7 +279,7 @@ class LinearSSLTheory:
                                 F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
         """What a covariance monitor sees along each mode: ``s_j(t)² · v_jᵀ Σ v_j``.
 
-        ``Σ`` is the covariance of the stacked views; :class:`~lightning_stepwise.StepwiseMonitor`
+        ``Σ`` is the covariance of the stacked views; [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor]
         measures the covariance of the embeddings, not ``C``. Each column is ``λ_j(t)`` times
         ``v_jᵀ Σ v_j / γ_j``, so it has the same step time; exact when ``Σ`` and ``Γ`` share eigenvectors.
         """
@@ -316,8 +318,10 @@ class LinearSSLTheory:
 class TheoryPrediction:
     """The theory for one training set-up (learning rate, width, initialisation, loss scale).
 
-    Made by :meth:`LinearSSLTheory.predict`. Curves come sorted per row, as a monitor records
-    eigenvalues, and :meth:`onset_steps` in learning order, so that row ``j`` of an onset table
+    Made by [`LinearSSLTheory.predict`][lightning_stepwise.theory.LinearSSLTheory.predict]. Curves come sorted per row,
+    as a monitor records
+    eigenvalues, and [`onset_steps`][lightning_stepwise.theory.TheoryPrediction.onset_steps] in learning order, so that
+    row ``j`` of an onset table
     (the ``j+1``-th mode learned) is compared with the ``j+1``-th predicted step.
 
     Examples:

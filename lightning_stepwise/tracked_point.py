@@ -1,6 +1,7 @@
-"""One tracking point inside a :class:`~lightning_stepwise.SpectrumTracker`: its shape, accumulator and records.
+"""One tracking point inside a `SpectrumTracker`: its shape, accumulator and records.
 
-The tracker owns the schedule (when windows open and close); a :class:`TrackedPoint` owns what is per point:
+The tracker owns the schedule (when windows open and close); a
+[`TrackedPoint`][lightning_stepwise.tracked_point.TrackedPoint] owns what is per point:
 checking a batch's rows, agreeing across ranks on the width and rows per batch once, choosing the
 accumulator for a window, the history, the onsets and their checkpoint state.
 """
@@ -56,7 +57,7 @@ class TrackedPoint:
     Args:
         spec: the point's name and normalisation.
         max_history: rows of history kept before it thins itself.
-        onset_options: options of :class:`~lightning_stepwise.onsets.OnsetTracker`.
+        onset_options: options of [`OnsetTracker`][lightning_stepwise.onsets.OnsetTracker].
         problems: the tracker's counter, where skipped batches and empty windows are reported.
 
     Examples:
@@ -243,7 +244,7 @@ class TrackedPoint:
         }
 
     def load_state_dict(self, saved: Mapping[str, Any], *, same_world: bool, rank: int) -> bool:
-        """Restore :meth:`state_dict`; returns False when a partial window had to be dropped (world changed)."""
+        """Restore `state_dict`; returns False when a partial window had to be dropped (world changed)."""
         self.history.load_state_dict(saved["history"])
         records = [dict(zip(saved["onset_columns"], row, strict=True)) for row in saved["onsets"].tolist()]
         self.onsets = OnsetTracker(**self.onset_options)

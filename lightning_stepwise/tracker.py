@@ -1,7 +1,8 @@
 """SpectrumTracker: measurement windows, their statistics, the eigensolve, the history and the onsets.
 
 No Lightning in here: the tracker is fed step numbers, captured embeddings and losses, so it runs (and is
-tested) without a Trainer. :class:`~lightning_stepwise.StepwiseMonitor` feeds it from Lightning's hooks.
+tested) without a Trainer. [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor] feeds it from Lightning's
+hooks.
 
 Per training batch, every DDP rank makes the same two calls, so every collective is entered by all::
 
@@ -14,8 +15,9 @@ and ``tracker.finish(step)`` at the end. A window opens at every step that is a 
 ``every_n_steps``, or at the steps of the ``"auto"`` schedule (when none is open), and takes whole
 batches until it holds ``window`` samples (all ranks together), however many steps that takes. Its
 statistics stay on the embeddings' device; the eigensolve runs in a worker thread and is recorded when
-the next window opens (the same batch on every rank), at :meth:`~SpectrumTracker.finish` and at
-:meth:`~SpectrumTracker.state_dict`.
+the next window opens (the same batch on every rank), at [`finish`][lightning_stepwise.tracker.SpectrumTracker.finish]
+and at
+[`state_dict`][lightning_stepwise.tracker.SpectrumTracker.state_dict].
 
 Collectives under DDP, all in lockstep: the first batch of a window agrees on the rows per batch and the
 width once (the one host read of a fit) and starts the accumulators; closing a window reduces them and
@@ -104,17 +106,19 @@ class SpectrumTracker:
     """Covariance (or cross-correlation) spectra of embedding windows, their history and learned modes.
 
     Args:
-        points: the tracking points, by name (:class:`PointSpec` or plain names).
+        points: the tracking points, by name ([`PointSpec`][lightning_stepwise.tracked_point.PointSpec] or plain names).
         every_n_steps: steps between the openings of two windows, or ``"auto"``: dense early, sparse later,
-            as many as every 50 steps over ``total_steps`` (see :mod:`lightning_stepwise.schedule`).
-        total_steps: the run's length in steps, for ``"auto"`` (also :meth:`set_total_steps`).
+            as many as every 50 steps over ``total_steps`` (see
+            [`lightning_stepwise.schedule`][lightning_stepwise.schedule]).
+        total_steps: the run's length in steps, for ``"auto"`` (also
+            [`set_total_steps`][lightning_stepwise.tracker.SpectrumTracker.set_total_steps]).
         window: samples (embedding rows, all ranks) a window gathers before it is solved.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
         mode_directions: eigen-directions obtained per measurement and followed by identity (see
-            :class:`~lightning_stepwise.mode_identity.ModeMatcher`); 0 records sorted eigenvalues only.
+            [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher]); 0 records sorted eigenvalues only.
         max_history: rows kept per point; beyond it the history thins itself evenly.
         spectrum: ``"covariance"`` or ``"cross_correlation"`` (rows must be two stacked views).
-        onset_options: options of :func:`~lightning_stepwise.onsets.detect_onsets`.
+        onset_options: options of [`detect_onsets`][lightning_stepwise.onsets.detect_onsets].
         strict: raise on bad embeddings and failures instead of warning, counting and skipping.
         device: where the window statistics live (default: the embeddings' device); ranks that capture
             nothing in a batch still need it for the collectives.
@@ -192,7 +196,7 @@ class SpectrumTracker:
         return {**self.__dict__, "_solver": HostSolver()}
 
     def history(self, point: str) -> dict[str, np.ndarray]:
-        """One point's measurements as arrays (see :class:`~lightning_stepwise.history.SpectrumHistory`)."""
+        """One point's measurements as arrays (see [`SpectrumHistory`][lightning_stepwise.history.SpectrumHistory])."""
         return self._point(point).history.as_arrays()
 
     def onset_records(self, point: str) -> list[dict[str, float]]:
@@ -375,7 +379,8 @@ class SpectrumTracker:
     def finish(self, step: int | None = None) -> None:
         """At the end of training: record what is in flight, and a window still open as a partial measurement.
 
-        The open window stays open in :meth:`state_dict`: a run resumed from a checkpoint taken now
+        The open window stays open in [`state_dict`][lightning_stepwise.tracker.SpectrumTracker.state_dict]: a run
+        resumed from a checkpoint taken now
         completes it and replaces the partial row. A collective under DDP (every rank calls it).
         """
         if step is not None:
@@ -421,7 +426,7 @@ class SpectrumTracker:
         return all_gather_floats(local, self.device or "cpu")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ``ValueError`` for a state of another version."""
+        """Restore `state_dict`; ``ValueError`` for a state of another version."""
         if state.get("version") not in (3, STATE_VERSION):  # 3: no identities yet; they start afresh
             raise ValueError(f"state version {state.get('version')} is not {STATE_VERSION}")
         world, rank = distributed_world_size(), distributed_rank()
