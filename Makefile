@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint benchmark clean
+.PHONY: demo test package-check docs lint benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	bash scripts/check_wheel.sh $(BIN)/python
+
+package-check: $(STAMP)
+	bash scripts/check_wheel.sh $(BIN)/python
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check lightning_stepwise tests benchmarks examples
+	$(BIN)/ruff check lightning_stepwise tests benchmarks examples scripts
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) stepwise-demo lightning_logs site
+	rm -rf $(VENV) stepwise-demo lightning_logs site dist build

@@ -1,21 +1,134 @@
-"""The ``lightning-stepwise`` command."""
+"""The ``lightning-stepwise`` command: the demo, the report of a recorded run, the probe of a checkpoint.
+
+Parsing imports nothing heavy: torch, Lightning and the package's modules that need them are imported
+inside the command that runs, so ``--help`` and ``--version`` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "package_version", "parse_interval"]
+
+DESCRIPTION = """\
+See the stepwise learning of self-supervised models: the eigenvalues of the
+embeddings' covariance rising one mode at a time, when each mode was learned,
+and what the features carry.
+
+commands:
+  demo    train a small Lightly Barlow Twins model on scikit-learn's embedded
+          digits (CPU, about 2 min) with StepwiseMonitor and LinearProbe; print
+          the spectrum, the learned modes and the probe; write stepwise.png,
+          the tables and a checkpoint
+  report  detect the learned modes of a recorded run again from its
+          spectrum*.npz (other detection options if you like); print the
+          table, or why no mode was learned; redraw stepwise.png
+  probe   linear probe of a checkpoint's backbone features on a labelled
+          dataset (top-1 accuracy, and per number of eigen-directions kept)"""
+
+EPILOG = """\
+examples:
+  lightning-stepwise demo                      # 800 steps, into stepwise-demo/
+  lightning-stepwise demo --max-steps 2000 --every-n-steps 10
+  lightning-stepwise report stepwise-demo/logs          # every run under it
+  lightning-stepwise report stepwise-demo/logs --min-rise 5
+  lightning-stepwise probe stepwise-demo/checkpoints/last.ckpt --output probe
+
+'lightning-stepwise COMMAND --help' lists a command's options."""
+
+#: Placeholders of the report's detection options in the help.
+_METAVARS = {"min_rise": "FACTOR", "min_relative_plateau": "FRACTION", "smoothing": "ROWS", "plateau_rows": "ROWS"}
+
+#: The demo's interval between two measurements: 40 over its 800 steps, enough for its onset table.
+#: ``"auto"`` (StepwiseMonitor's default) would spend 16, as every 50 steps does: too few for it.
+DEMO_EVERY_N_STEPS = 20
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's default after its help, unless the help says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or "(default" in text or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option that still works, with a note to stderr naming the new one."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.replacement} (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def package_version() -> str:
+    """The installed version of ``lightning-stepwise`` (the package's own ``__version__`` when not installed).
+
+    Examples:
+        >>> package_version().count(".") >= 1
+        True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lightning-stepwise")
+    except PackageNotFoundError:  # run from a source tree
+        from lightning_stepwise import __version__
+
+        return __version__
+
+
+def parse_interval(text: str) -> int | str:
+    """An ``--every-n-steps`` value: a whole number of steps >= 1, or ``auto``.
+
+    Examples:
+        >>> parse_interval("20"), parse_interval("auto")
+        (20, 'auto')
+        >>> parse_interval("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a whole number of steps >= 1 or 'auto', got '0'
+    """
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def _wrapped(text: str, indent: str = "  ") -> str:
+    return textwrap.fill(text, width=110, initial_indent=indent, subsequent_indent=indent)
+
+
+def _paragraph(text: str) -> str:
+    """A description wrapped as the formatter would (it keeps descriptions as written, for the lists)."""
+    return textwrap.fill(text, width=78)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if not args.quiet:
+        print("lightning-stepwise demo: loading PyTorch, Lightning and Lightly...", flush=True)
     from lightning_stepwise.demo import run_demo
 
-    start = time.perf_counter()
     run_demo(max_steps=args.max_steps, output=args.output, seed=args.seed, batch_size=args.batch_size,
-             init_scale=args.init_scale, every_n_steps=args.every_n_steps, quiet=args.quiet)
+             init_scale=args.small_init, every_n_steps=args.every_n_steps, quiet=args.quiet)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -23,13 +136,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lightning_stepwise.report import format_onset_table, report_run
-
     run = Path(args.run_dir)
     if not run.exists():
         print(f"lightning-stepwise report: {run} does not exist", file=sys.stderr)
         return 2
     from lightning_stepwise.onset_core import ONSET_OPTIONS
+    from lightning_stepwise.report import MODE_NUMBERING, format_onset_table, report_run
 
     options = {name: getattr(args, name) for name in ONSET_OPTIONS}
     try:
@@ -37,11 +149,17 @@ def _report(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"lightning-stepwise report: {err}", file=sys.stderr)
         return 2
+    explained = False
     for r in reports:
-        print(f"{r.spectrum_path}: {len(r.onsets)} modes learned, {len(r.loss_drops)} loss drops")
-        if r.note:
-            print(r.note)
-        print(format_onset_table(r.onsets))
+        print(f"{r.spectrum_path}: {_count(len(r.onsets), 'mode')} learned, {_count(len(r.loss_drops), 'loss drop')}")
+        if r.onsets:
+            if not explained:
+                print(MODE_NUMBERING)
+                explained = True
+            print(format_onset_table(r.onsets, ordinal=True))
+        else:
+            note = r.note.replace("report RUN", f"report {args.run_dir}")
+            print(_wrapped(f"Why none: {note}" if note else "No mode learned."))
         problems = r.spectrum_path.parent / "problems.json"
         if problems.exists():
             import json
@@ -116,57 +234,119 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-stepwise`` console script.
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``lightning-stepwise`` command and its ``demo``, ``report`` and ``probe`` commands.
+
+    Building it imports no torch or Lightning (only the onset options' defaults, with NumPy).
 
     Examples:
-        >>> main(["--version"])  # doctest: +SKIP
-        lightning-stepwise 0.1.0
+        >>> args = build_parser().parse_args(["demo", "--steps", "200", "--every-n-steps", "auto"])
+        >>> args.max_steps, args.every_n_steps, args.small_init
+        (200, 'auto', 0.5)
     """
-    from lightning_stepwise import __version__
-
-    parser = argparse.ArgumentParser(prog="lightning-stepwise", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"lightning-stepwise {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="train a small Lightly Barlow Twins model on the embedded digits with StepwiseMonitor()")
-    demo.add_argument("--max-steps", type=int, default=800, help="optimizer steps (7 per epoch at batch 256)")
-    demo.add_argument("--output", default="stepwise-demo", help="folder for logs and files")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--init-scale", type=float, default=0.5,
-                      help="multiply initial weights (small init, as in the paper, makes the steps sharper; "
-                           "1.0: PyTorch's default init)")
-    demo.add_argument("--every-n-steps", type=int, default=20,
-                      help="steps between spectrum measurements (the onset table needs a few dozen)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
-    demo.set_defaults(run=_demo)
-    report = commands.add_parser(
-        "report", help="detect the learned modes of a recorded run again; write the table and stepwise.png")
-    report.add_argument("run_dir", help="a folder holding spectrum*.npz (searched recursively), or one .npz file")
-    report.add_argument("--output", default=None, help="folder for the files (default: next to each spectrum)")
-    report.add_argument("--x", choices=["step", "time"], default="step",
-                        help="x axis of the figure: optimizer step or effective time (sum of learning rates)")
     from lightning_stepwise.onset_core import ONSET_OPTIONS
 
+    parser = argparse.ArgumentParser(prog="lightning-stepwise", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lightning-stepwise {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="demo, report or probe (above); 'lightning-stepwise COMMAND --help' "
+                                          "lists its options")
+
+    demo = commands.add_parser(
+        "demo", formatter_class=_HelpFormatter,
+        description=_paragraph(
+            "Train a small Lightly Barlow Twins model on scikit-learn's embedded digits (1,797 images, 16x16, two "
+            "augmented views each) on the CPU, with StepwiseMonitor and LinearProbe. Prints the spectrum of the "
+            "embeddings over time, the modes learned (their onset steps) or why none were, and the linear probe; "
+            "writes spectrum.npz, onsets.csv, stepwise.png and the probe's files under "
+            "DIR/logs/version_N/stepwise, and DIR/checkpoints/last.ckpt."),
+        epilog="examples:\n  lightning-stepwise demo\n  lightning-stepwise demo --max-steps 2000 --every-n-steps 10"
+               "\n  lightning-stepwise demo --small-init 1.0 --output demo-default-init")
+    demo.add_argument("--max-steps", "--steps", dest="max_steps", type=int, default=800, metavar="N",
+                      help="optimizer steps to train (7 per epoch at the default batch size; 800 take about 2 min "
+                           "on 2 CPU cores)")
+    demo.add_argument("--every-n-steps", type=parse_interval, default=DEMO_EVERY_N_STEPS, metavar="N|auto",
+                      help="steps between two spectrum measurements, or 'auto' (StepwiseMonitor's default: as "
+                           "many as every 50 steps would give, dense early). The detector needs about 15 "
+                           "measurements to confirm a mode: the default gives 40 over 800 steps")
+    demo.add_argument("--small-init", type=float, default=0.5, metavar="FACTOR",
+                      help="multiply every initial conv / linear weight by FACTOR (the paper's small-init setting, "
+                           "which sharpens the steps; 1.0: PyTorch's default init)")
+    demo.add_argument("--init-scale", dest="small_init", type=float, action=_DeprecatedAlias,
+                      replacement="--small-init", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    demo.add_argument("--output", default="stepwise-demo", metavar="DIR",
+                      help="folder for the logs, the stepwise files and the checkpoint")
+    demo.add_argument("--seed", type=int, default=0, help="random seed: initial weights, augmentations, batch order")
+    demo.add_argument("--batch-size", type=int, default=256, metavar="N",
+                      help="images per training batch (two augmented views of each)")
+    demo.add_argument("--quiet", action="store_true",
+                      help="print only the last line: no progress, no tables (the files are written all the same)")
+    demo.set_defaults(run=_demo)
+
+    report = commands.add_parser(
+        "report", formatter_class=_HelpFormatter,
+        description=_paragraph(
+            "Detect the learned modes of a recorded run again from its spectrum*.npz (as StepwiseMonitor wrote "
+            "them), with the detection options below; match the drops of the loss; print the onset table, or why "
+            "no mode was learned and what to change; write onsets.csv, onsets.json and stepwise.png next to each "
+            "spectrum (or under --output)."),
+        epilog="examples:\n  lightning-stepwise report stepwise-demo/logs\n"
+               "  lightning-stepwise report run/stepwise/spectrum.npz --min-rise 5 --x time --output again")
+    report.add_argument("run_dir", metavar="RUN",
+                        help="a folder searched recursively for spectrum*.npz (a logger's run folder), or one .npz")
+    report.add_argument("--output", default=None, metavar="DIR",
+                        help="folder for the files (default: next to each spectrum file)")
+    report.add_argument("--x", choices=["step", "time"], default="step",
+                        help="x axis of the figure: optimizer step, or effective time (the sum of the learning rates)")
     for name, (default, meaning) in ONSET_OPTIONS.items():
-        report.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
-                            help=f"{meaning} (default {default})")
+        report.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=meaning,
+                            metavar=_METAVARS.get(name))
     report.set_defaults(run=_report)
-    probe = commands.add_parser("probe", help="linear probe of a checkpoint's backbone features on a labelled dataset")
+
+    probe = commands.add_parser(
+        "probe", formatter_class=_HelpFormatter,
+        description=_paragraph(
+            "Fit a linear classifier on the backbone features of a checkpoint's model (the demo's, or your "
+            "LightningModule's with --module-class) on a labelled dataset; print the validation top-1 / top-5 "
+            "accuracy and the accuracy with only the k leading eigen-directions of the features' covariance."),
+        epilog="examples:\n  lightning-stepwise probe stepwise-demo/checkpoints/last.ckpt --output probe\n"
+               "  lightning-stepwise probe run.ckpt --module-class my_package.models:MyBYOL \\\n"
+               "      --data images/ --image-size 32 --channels 3")
     probe.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")
     probe.add_argument("--module-class", default="lightning_stepwise.demo:DigitsBarlowTwins",
-                       help="package.module:ClassName of the LightningModule the checkpoint holds")
-    probe.add_argument("--data", default="digits",
-                       help="'digits' (embedded) or a folder of class sub-folders (torchvision ImageFolder)")
-    probe.add_argument("--image-size", type=int, default=16)
-    probe.add_argument("--channels", type=int, choices=[1, 3], default=1)
-    probe.add_argument("--val-fraction", type=float, default=0.3)
-    probe.add_argument("--method", choices=["logistic", "ridge"], default="logistic")
-    probe.add_argument("--c", type=float, default=1.0, help="inverse regularisation (scikit-learn's C)")
-    probe.add_argument("--output", default=None, help="folder for probe.csv, probe_modes.csv and probe_modes.png")
+                       metavar="MODULE:CLASS", help="package.module:ClassName of the LightningModule it holds")
+    probe.add_argument("--data", default="digits", metavar="digits|DIR",
+                       help="'digits' (embedded, offline) or a folder of class sub-folders (torchvision ImageFolder)")
+    probe.add_argument("--image-size", type=int, default=16, metavar="PIXELS",
+                       help="side of the square images fed to the backbone (the demo's: 16)")
+    probe.add_argument("--channels", type=int, choices=[1, 3], default=1,
+                       help="image channels the backbone takes: 1 (grayscale, as the demo's) or 3")
+    probe.add_argument("--val-fraction", type=float, default=0.3, metavar="FRACTION",
+                       help="share of the images held out for validation")
+    probe.add_argument("--method", choices=["logistic", "ridge"], default="logistic",
+                       help="the linear classifier: logistic regression, or ridge regression on one-hot labels")
+    probe.add_argument("--c", type=float, default=1.0, help="inverse regularisation strength (scikit-learn's C)")
+    probe.add_argument("--output", default=None, metavar="DIR",
+                       help="folder for probe.csv, probe_modes.csv and probe_modes.png (default: none written)")
     probe.set_defaults(run=_probe)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-stepwise`` console script: parse, then import what the command needs.
+
+    Returns the exit status: 0, or 2 for a missing input (argparse exits with 2 on a bad option).
+
+    Examples:
+        >>> main(["report", "missing-run"])
+        2
+    """
+    args = build_parser().parse_args(argv)
     return int(args.run(args))
 
 

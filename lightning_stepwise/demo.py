@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import textwrap
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,70 @@ from lightning_stepwise.data import digits_dataloader, digits_probe_loaders
 from lightning_stepwise.linear_probe import LinearProbe
 from lightning_stepwise.monitor import StepwiseMonitor
 from lightning_stepwise.probe import format_probe_table
-from lightning_stepwise.report import format_onset_table
+from lightning_stepwise.report import MODE_NUMBERING, explain_no_onsets, format_onset_table, largest_rise
 
-__all__ = ["DigitsBarlowTwins", "format_summary", "run_demo", "small_conv_backbone"]
+__all__ = ["DigitsBarlowTwins", "format_summary", "quiet_lightning", "run_demo", "small_conv_backbone"]
+
+#: Lightning's loggers: their info lines (devices, tips, "fit stopped") stay off the demo's screen.
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+#: Where ``rank_zero_info`` writes, the package's callbacks' own lines included: filtered, not silenced.
+_RANK_ZERO_LOGGERS = tuple(f"{name}.utilities.rank_zero" for name in _LIGHTNING_LOGGERS)
+#: Modules whose warnings the demo hides: Lightning's and Lightly's own (deprecations, logging-interval hints).
+_THIRD_PARTY_WARNINGS = r"(lightning|pytorch_lightning|lightning_fabric|lightly)(\.|$)"
+
+
+class _OwnLinesOnly(logging.Filter):
+    """Lets through warnings and errors, and the info lines of the package's callbacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage().startswith(("StepwiseMonitor", "LinearProbe"))
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within the block, Lightning's info lines and Lightning's and Lightly's own warnings stay off the screen.
+
+    The package's own lines (``StepwiseMonitor: ...``, ``LinearProbe: ...``), Lightning's warnings logged
+    as such, and every other library's warnings still show. Logger levels, filters and warning filters
+    are as before once the block ends: nothing changes at import or outside the demo.
+
+    Examples:
+        >>> with quiet_lightning():
+        ...     logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.WARNING
+        True
+    """
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS + _RANK_ZERO_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    own_lines = _OwnLinesOnly()
+    try:
+        for logger in loggers:
+            if logger.name in _RANK_ZERO_LOGGERS:
+                logger.setLevel(logging.INFO)
+                logger.addFilter(own_lines)
+            else:
+                logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=_THIRD_PARTY_WARNINGS)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+            logger.removeFilter(own_lines)
+
+
+class _Announce(pl.Callback):
+    """Prints a line at fit end, before the callbacks after it (the files, the final probe) do their slow work."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        print(self.line, flush=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def small_conv_backbone(width: int = 32) -> nn.Sequential:
@@ -104,19 +170,68 @@ def format_summary(history: dict[str, np.ndarray], max_rows: int = 12, top: int 
     return "\n".join(lines)
 
 
-def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
-             batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int = 20,
-             quiet: bool = False) -> StepwiseMonitor:
-    """Train `DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()``.
+def _describe_run(monitor: StepwiseMonitor, max_steps: int, batches_per_epoch: int,
+                  every_n_steps: int | str) -> str:
+    """What this run measured, in words: the measurements, the largest rise, the modes learned or why none."""
+    history = monitor.history
+    rows, width = len(history["step"]), history["eigenvalues"].shape[1]
+    schedule = f"every {every_n_steps} steps" if every_n_steps != "auto" else "dense early (every_n_steps='auto')"
+    lines = [f"Spectrum of the {width}-d embeddings (the inputs of the Barlow Twins loss): "
+             f"{_count(rows, 'measurement')} over {max_steps} steps "
+             f"(~{math.ceil(max_steps / batches_per_epoch)} epochs), {schedule}."]
+    rise = largest_rise(history)
+    if rise is not None:
+        lines.append(f"Largest rise: eigenvalue {rise['eigenvalue']} grew {rise['factor']:.0f}x above its lowest "
+                     f"value ({rise['floor']:.3g} at step {rise['floor_step']:.0f}, {rise['value']:.3g} at step "
+                     f"{rise['step']:.0f}).")
+    lines.append(format_summary(history, max_rows=20))
+    onsets = monitor.onsets
+    if onsets:
+        at = [f"{r['onset_step']:.0f}" for r in onsets]
+        when = at[0] if len(at) == 1 else ", ".join(at[:-1]) + f" and {at[-1]}"
+        lines += [f"\n{_count(len(onsets), 'mode')} learned, at step{'s' if len(at) > 1 else ''} {when}.",
+                  f"{MODE_NUMBERING}; onset: the step at which its eigenvalue reaches half its plateau; loss drop: the "
+                  "drop of the loss matched to it.", format_onset_table(onsets, ordinal=True)]
+    else:
+        reason = explain_no_onsets(history, monitor.onset_options, onsets=onsets) or ""
+        lines.append("\n" + textwrap.fill(f"0 modes learned. Why: {reason}", width=110))
+    return "\n".join(lines)
 
-    Returns the monitor (its ``history`` and ``output_dir``). Files go to
-    ``<output>/logs/version_N/stepwise`` (the CSV logger's folder).
+
+def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-demo", seed: int = 0,
+             batch_size: int = 256, init_scale: float = 0.5, every_n_steps: int | str = 20,
+             quiet: bool = False) -> StepwiseMonitor:
+    """Train `DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()`` and ``LinearProbe``.
+
+    Prints what the run measured: the spectrum over time, its largest rise, the modes learned (or why none
+    were and what to change, see [`explain_no_onsets`][lightning_stepwise.report.explain_no_onsets]) and the
+    probe; ``quiet`` prints nothing. Lightning's own info lines and warnings are kept off the screen
+    ([`quiet_lightning`][lightning_stepwise.demo.quiet_lightning]).
+
+    Args:
+        max_steps: optimizer steps.
+        output: folder of the logger, the files (``<output>/logs/version_N/stepwise``) and
+            ``checkpoints/last.ckpt``.
+        seed: seeds the initial weights, the augmentations and the batch order.
+        batch_size: images per batch (two augmented views of each).
+        init_scale: multiplies every initial conv and linear weight (the command's ``--small-init``).
+        every_n_steps: steps between two measurements, or ``"auto"`` (as ``StepwiseMonitor`` takes it).
+        quiet: no progress bar, no text.
+
+    Returns:
+        The monitor (its ``history``, ``onsets`` and ``output_dir``).
 
     Examples:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
         >>> sorted(p.name for p in monitor.output_dir.iterdir())                              # doctest: +SKIP
         ['onsets.csv', 'onsets.json', 'probe.csv', 'probe_modes.csv', 'probe_modes.png', 'spectrum.csv', ...]
     """
+    def say(line: str) -> None:  # progress before the slow parts
+        if not quiet:
+            print(line, flush=True)
+
+    say("Preparing the data: scikit-learn's embedded digits as 16x16 images, two augmented views of each "
+        "for training, a labelled split for the linear probe...")
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     loader = digits_dataloader(batch_size=batch_size, seed=seed)
@@ -124,30 +239,32 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     monitor = StepwiseMonitor(every_n_steps=every_n_steps)
     probe = LinearProbe(*digits_probe_loaders(size=16), on_new_mode=True)
     output = Path(output)
-    trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1,
-        callbacks=[monitor, probe, pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", save_last=True,
-                                                                save_top_k=0)],
-        logger=pl.loggers.CSVLogger(output, name="logs"), default_root_dir=output,
-        enable_checkpointing=True, enable_progress_bar=not quiet, enable_model_summary=False,
-        log_every_n_steps=10,
-    )
-    trainer.fit(model, loader)
+    announce = _Announce("Writing the files and probing the final features (the linear probe with the k leading "
+                         "eigen-directions, k = 1, 2, 4, ...)...")
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1,
+            callbacks=[*([] if quiet else [announce]), monitor, probe,
+                       pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)],
+            logger=pl.loggers.CSVLogger(output, name="logs"), default_root_dir=output,
+            enable_checkpointing=True, enable_progress_bar=not quiet, enable_model_summary=False,
+            log_every_n_steps=min(10, len(loader)),
+        )
+        say(f"Training for {max_steps} steps on the CPU ({len(loader)} batches of {batch_size} per epoch), the "
+            "spectrum measured by StepwiseMonitor, a linear probe each time a mode is learned...")
+        trainer.fit(model, loader)
     if not quiet:
-        history = monitor.history
-        epochs = math.ceil(max_steps / len(loader))
-        print(f"\nSpectrum of the {history['eigenvalues'].shape[1]}-d embeddings (inputs of the Barlow Twins loss), "
-              f"{len(history['step'])} measurements over {max_steps} steps (~{epochs} epochs). Modes are learned "
-              "one after another: each eigenvalue in turn rises by one to two orders of magnitude.")
-        print(format_summary(history, max_rows=20))
-        print(f"\n{monitor.modes_learned} modes learned (onset: the step at which a mode's eigenvalue reaches "
-              "half its plateau; loss drop: the drop of the loss matched to it):")
-        print(format_onset_table(monitor.onsets))
-        print("\nLinear probe of the backbone features on the digits' labels (1,258 train / 539 validation "
-              "images, un-augmented), each time a mode was learned and at the end; then using only the top-k "
-              "eigen-directions of the features' covariance:")
+        print()
+        print(_describe_run(monitor, max_steps, len(loader), every_n_steps))
+        last = probe.results[-1] if probe.results else {}
+        sizes = (f" ({last['train_size']:,.0f} train / {last['val_size']:,.0f} validation images, un-augmented)"
+                 if "train_size" in last else "")
+        print(f"\nLinear probe of the backbone features on the digits' labels{sizes}, each time a mode was learned "
+              "and at the end; then using only the top-k eigen-directions of the features' covariance:")
         print(format_probe_table(probe.results, probe.modes_table))
-        print(f"\nFiles: {monitor.output_dir}/ spectrum.npz, spectrum.csv, onsets.csv, onsets.json, stepwise.png, "
-              f"probe.csv, probe_modes.csv, probe_modes.png; logger: {trainer.log_dir}; checkpoint: "
-              f"{output / 'checkpoints' / 'last.ckpt'} (lightning-stepwise probe CHECKPOINT probes it again)")
+        written = ", ".join(sorted(p.name for p in monitor.output_dir.iterdir())) \
+            if monitor.output_dir is not None and monitor.output_dir.is_dir() else "none"
+        print(f"\nFiles: {monitor.output_dir}/ {written}; logger: {trainer.log_dir}; checkpoint: "
+              f"{output / 'checkpoints' / 'last.ckpt'} (lightning-stepwise probe CHECKPOINT probes it again; "
+              f"lightning-stepwise report {output} detects the modes again)")
     return monitor

@@ -11,7 +11,6 @@ import torch
 
 __all__ = ["MODE_COLUMNS", "SCALAR_COLUMNS", "SpectrumHistory"]
 
-#: Columns holding one number per measurement, in the order they are written to CSV.
 SCALAR_COLUMNS: tuple[str, ...] = (
     "measurement",
     "step",
@@ -25,12 +24,13 @@ SCALAR_COLUMNS: tuple[str, ...] = (
     "effective_rank",
     "participation_ratio",
 )
+"""Columns holding one number per measurement, in the order they are written to CSV."""
 _INTEGER_COLUMNS = frozenset({"measurement", "step", "epoch", "samples"})
 
-#: Per-mode columns (one value per identity-tracked mode in a row, by eigenvalue descending), with their
-#: padding: the identity of each mode (see [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher]), its
-#: eigenvalue, and its largest squared cosine with a measured eigen-direction.
 MODE_COLUMNS: dict[str, float] = {"mode_ids": -1, "mode_eigenvalues": math.nan, "mode_overlap": math.nan}
+"""Per-mode columns (one value per identity-tracked mode in a row, by eigenvalue descending), with their
+padding: the identity of each mode (see [`ModeMatcher`][lightning_stepwise.mode_identity.ModeMatcher]), its
+eigenvalue, and its largest squared cosine with a measured eigen-direction."""
 
 
 class SpectrumHistory:
@@ -65,7 +65,10 @@ class SpectrumHistory:
 
     def append(self, *, measurement: int, eigenvalues: np.ndarray, modes: Mapping[str, np.ndarray] | None = None,
                **scalars: float) -> None:
-        """Record one measurement (ignored when thinning has dropped its index); ``modes``: `MODE_COLUMNS`."""
+        """Record one measurement (ignored when thinning has dropped its index).
+
+        ``modes`` holds the columns of [`MODE_COLUMNS`][lightning_stepwise.history.MODE_COLUMNS].
+        """
         if not self.wants(measurement):
             return
         if self._rows and measurement <= self._rows[-1]["measurement"]:

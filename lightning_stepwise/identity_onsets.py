@@ -135,7 +135,7 @@ class IdentityOnsetTracker:
 
     Args:
         records: the dict to keep the records in, by identity (shared with a caller that keeps them).
-        **options: the detection options (see `ONSET_OPTIONS`).
+        **options: the detection options (see [`ONSET_OPTIONS`][lightning_stepwise.onset_core.ONSET_OPTIONS]).
 
     Examples:
         >>> from lightning_stepwise.mode_identity import follow_modes
@@ -151,8 +151,8 @@ class IdentityOnsetTracker:
 
     def __init__(self, records: dict[int, dict[str, float]] | None = None, **options: Any) -> None:
         self.options = check_onset_options(**options)
-        #: Confirmed records by identity.
         self.records: dict[int, dict[str, float]] = records if records is not None else {}
+        """Confirmed records by identity."""
         self.scanned_step = -math.inf  # rows up to here were examined with all they need
         self._resume_steps: dict[int, float] = {}  # where each identity's next scan starts
         self._lowest: dict[int, float] = {}  # each live identity's lowest value (and its backfill's)

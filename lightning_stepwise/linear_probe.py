@@ -49,7 +49,7 @@ class LinearProbe(Callback):
         on_new_mode: also probe whenever the Trainer's StepwiseMonitor learns a new mode.
         at_fit_end: probe when training ends.
         method: ``"logistic"`` or ``"ridge"``; ``c``: inverse regularisation (see
-            [`lightning_stepwise.probe`][lightning_stepwise.probe]).
+            [`fit_linear_probe`][lightning_stepwise.probe.fit_linear_probe]).
         c: inverse regularisation strength.
         top_k: accuracies reported besides top-1.
         modes: also report accuracy on the top-k covariance eigen-directions (at fit end).
@@ -105,17 +105,17 @@ class LinearProbe(Callback):
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.name = name
         self.strict = strict
-        #: One dict per probe run: step, epoch, modes_learned, trigger, top1, top5, train_top1, sizes.
         self.results: list[dict[str, float]] = []
-        #: Accuracy per number of covariance eigen-directions, ``[(k, top1)]``, of the last fit-end probe.
+        """One dict per probe run: step, epoch, modes_learned, trigger, top1, top5, train_top1, sizes."""
         self.modes_table: list[tuple[int, float]] = []
-        #: Folder the files were written to, once written.
+        """Accuracy per number of covariance eigen-directions, ``[(k, top1)]``, of the last fit-end probe."""
         self.output_dir: Path | None = None
+        """Folder the files were written to, once written."""
         self._loaders: tuple[Any, Any] | None = None
         self._default_dir: Path | None = None
         self._modes_seen = 0
-        #: Probes that failed (counted, warned once per kind of error; ``strict=True`` raises instead).
         self.problems = ProblemCounter("LinearProbe", strict=strict, kinds=["failed_probes"])
+        """Probes that failed (counted, warned once per kind of error; ``strict=True`` raises instead)."""
 
     @property
     def state_key(self) -> str:

@@ -16,9 +16,9 @@ from lightning_stepwise.trajectory import keep_finite_rows, level_crossing, runn
 
 __all__ = ["LOSS_DROP_COLUMNS", "closest_pairs", "detect_loss_steps", "match_loss_drops"]
 
-#: Columns of a loss-drop record.
 LOSS_DROP_COLUMNS: tuple[str, ...] = ("drop_step", "drop_start_step", "drop_end_step", "loss_before",
                                       "loss_after", "drop")
+"""Columns of a loss-drop record."""
 
 
 def detect_loss_steps(
@@ -44,7 +44,7 @@ def detect_loss_steps(
         significance: how many noise standard deviations a drop must stand out by.
 
     Returns:
-        One record per drop (keys `LOSS_DROP_COLUMNS`), by
+        One record per drop (keys [`LOSS_DROP_COLUMNS`][lightning_stepwise.loss_steps.LOSS_DROP_COLUMNS]), by
         increasing step: ``drop_step`` is
         where the loss crosses the middle between its levels before and after, ``drop_start_step`` and
         ``drop_end_step`` where 10 % and 90 % of the drop are done.

@@ -219,16 +219,24 @@ def identity_series(identities: ArrayLike) -> dict[int, tuple[np.ndarray, np.nda
 
 
 class FollowedModes(NamedTuple):
-    """Identity-tracked trajectories, as the monitor records them (see `follow_modes`)."""
+    """Identity-tracked trajectories, as the monitor records them.
 
-    #: (T, k) identity of each value (-1: none), by value descending in each row
+    What [`follow_modes`][lightning_stepwise.mode_identity.follow_modes] returns.
+
+    Examples:
+        >>> followed = follow_modes(np.array([[2.0, 1.0]]), np.eye(2)[None])  # one row, two directions
+        >>> followed.mode_ids.tolist(), followed.mode_eigenvalues.tolist()
+        ([[0, 1]], [[2.0, 1.0]])
+    """
+
     mode_ids: np.ndarray
-    #: (T, k) each identity's eigenvalue (NaN: none)
+    """(T, k) identity of each value (-1: none), by value descending in each row."""
     mode_eigenvalues: np.ndarray
-    #: (T, k) each identity's overlap with its best-matching measured direction (NaN: none)
+    """(T, k) each identity's eigenvalue (NaN: none)."""
     mode_overlap: np.ndarray
-    #: per row, ``{identity: direction}`` after that row (only with ``keep_directions=True``)
+    """(T, k) each identity's overlap with its best-matching measured direction (NaN: none)."""
     directions: list[dict[int, np.ndarray]] | None
+    """Per row, ``{identity: direction}`` after that row (only with ``keep_directions=True``)."""
 
 
 def follow_modes(eigenvalues: ArrayLike, directions: ArrayLike, *, matcher: ModeMatcher | None = None,

@@ -7,7 +7,10 @@ measuring (windows, statistics, eigensolves, history, onsets, checkpoint state) 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -17,9 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_stepwise.capture import TrackingPoint, find_tracking_points
+from lightning_stepwise.capture import (
+    ModuleSpec,
+    NoEmbeddingFoundError,
+    TrackingPoint,
+    batch_size_of,
+    describe_batch,
+    find_tracking_points,
+    suggest_embedding_fn,
+)
 from lightning_stepwise.embedding_tap import EmbeddingTap
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.lightning_compat import (
@@ -33,7 +44,7 @@ from lightning_stepwise.lightning_compat import (
     print_line,
     total_steps,
 )
-from lightning_stepwise.onset_core import check_onset_options
+from lightning_stepwise.onset_core import DEFAULT_ONSET_OPTIONS, check_onset_options
 from lightning_stepwise.problems import StepwiseWarning
 from lightning_stepwise.report import final_onset_table, save_problems, write_run_files
 from lightning_stepwise.theory import TheoryPrediction
@@ -57,6 +68,151 @@ def find_monitor(trainer: Any) -> StepwiseMonitor | None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _module_key(module: Any) -> Any:
+    """``module=`` in the checkpoint's state key: paths as given, a submodule by its class (its repr is long)."""
+    if isinstance(module, nn.Module):
+        return f"<{type(module).__name__}>"
+    if isinstance(module, (list, tuple)) and any(isinstance(m, nn.Module) for m in module):
+        return [_module_key(m) for m in module]
+    return module
+
+
+# ------------------------------------------------------------------ argument checks
+
+def _given(value: Any) -> str:
+    """What a user passed, for an error message: a short repr and its type (only the type for long reprs)."""
+    kind = type(value).__name__
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    if text.startswith("<") or "\n" in text:
+        return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({kind})"
+
+
+def _is_instance_named(value: Any, *names: str) -> bool:
+    """Whether a class named one of ``names`` is among ``value``'s bases (no import of optional packages)."""
+    return any(cls.__name__ in names for cls in type(value).__mro__)
+
+
+def _integer(name: str, value: Any, low: int, meaning: str, example: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        whole = isinstance(value, float) and value.is_integer()
+        raise TypeError(f"StepwiseMonitor({name}=...) takes an int >= {low} ({meaning}); got {_given(value)}. "
+                        f"E.g. {name}={int(value) if whole and value >= low else example}")
+    if value < low:
+        raise ValueError(f"StepwiseMonitor({name}=...) takes an int >= {low} ({meaning}); got {_given(value)}. "
+                         f"E.g. {name}={example}")
+    return int(value)
+
+
+def _boolean(name: str, value: Any, meaning: str, *, optional: bool = False) -> bool | None:
+    if optional and value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        accepted = "True, False or None" if optional else "True or False"
+        raise TypeError(f"StepwiseMonitor({name}=...) takes {accepted} ({meaning}); got {_given(value)}")
+    return bool(value)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str], meaning: str) -> str:
+    if isinstance(value, str) and value in choices:
+        return value
+    close = difflib.get_close_matches(value.lower().replace("-", "_").replace(" ", "_"), list(choices), n=1,
+                                      cutoff=0.5) if isinstance(value, str) else []
+    mean = f" Did you mean {name}={close[0]!r}?" if close else ""
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(f"StepwiseMonitor({name}=...) takes one of {', '.join(repr(c) for c in choices)} ({meaning}); got "
+                f"{_given(value)}.{mean}")
+
+
+def _check_module(module: Any) -> None:
+    """``module=``: None, a dotted path, a submodule, or a non-empty list or tuple of paths and submodules."""
+    usage = ("StepwiseMonitor(module=...) takes a module path like 'projection_head', a submodule of your model "
+             "(an nn.Module), or a list of them")
+    if module is None:
+        return
+    items = list(module) if isinstance(module, (list, tuple)) else [module]
+    if not items:
+        raise ValueError(f"{usage}; got an empty {type(module).__name__}. Leave module out (None) to let the "
+                         "monitor find the embeddings itself")
+    for item in items:
+        within = "" if item is module else f" in the {type(module).__name__}"
+        if isinstance(item, str):
+            if not item.strip():
+                raise ValueError(f"{usage}; got an empty path{within}. Leave module out (None) to let the monitor "
+                                 "find the embeddings itself")
+            continue
+        if isinstance(item, nn.Module):
+            if _is_instance_named(item, "LightningModule"):
+                raise TypeError(f"{usage}; got the LightningModule itself ({type(item).__name__}){within}. The "
+                                "monitor gets the model from trainer.fit(model, ...): pass one of its submodules, "
+                                "e.g. module='projection_head', or nothing to let it find the embeddings")
+            continue
+        if _is_instance_named(item, "DataLoader", "LightningDataModule", "Dataset", "IterableDataset"):
+            hint = (" Did you mean LinearProbe(train_loader, val_loader)? Data go to trainer.fit(model, train_loader) "
+                    "and to the probe; StepwiseMonitor() finds the embeddings in the model itself")
+        elif isinstance(item, Tensor):
+            hint = (" Pass the module that makes these embeddings (its dotted path), or "
+                    "embedding_fn=lambda pl_module, batch: ... returning them")
+        elif callable(item):
+            hint = (" Did you mean embedding_fn=...? It takes a function called as embedding_fn(pl_module, batch) "
+                    "that returns the embeddings")
+        else:
+            hint = " Leave module out to let the monitor find the embeddings itself"
+        raise TypeError(f"{usage}; got {_given(item)}{within}.{hint}")
+
+
+def _check_embedding_fn(fn: Any) -> None:
+    if fn is None:
+        return
+    usage = ("StepwiseMonitor(embedding_fn=...) takes a function called as embedding_fn(pl_module, batch) that "
+             "returns the embeddings, a (batch, dim) tensor")
+    example = "embedding_fn=lambda pl_module, batch: pl_module.backbone(batch[0][0]).flatten(1)"
+    if isinstance(fn, str):
+        raise TypeError(f"{usage}; got {_given(fn)}. Did you mean module={fn!r}?")
+    if isinstance(fn, nn.Module):
+        raise TypeError(f"{usage}; got {_given(fn)} (a module). To track a module's output, pass module=... (its "
+                        f"dotted path or the submodule itself); or wrap it: {example}")
+    if not callable(fn):
+        raise TypeError(f"{usage}; got {_given(fn)}. E.g. {example}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: called and counted if it fails
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise TypeError(f"{usage}; `{name}{signature}` cannot be called with those two arguments. E.g. "
+                        f"{example}") from None
+
+
+def _check_onset_options(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    known = ", ".join(DEFAULT_ONSET_OPTIONS)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"StepwiseMonitor(onset_options=...) takes a dict of detection options ({known}), e.g. "
+                        f"onset_options={{'min_rise': 10.0}}; got {_given(options)}")
+    for key, value in options.items():
+        if key not in DEFAULT_ONSET_OPTIONS:
+            close = difflib.get_close_matches(str(key), list(DEFAULT_ONSET_OPTIONS), n=1)
+            mean = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"StepwiseMonitor(onset_options=...): unknown onset options [{key!r}];{mean} known: "
+                             f"{known}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"StepwiseMonitor(onset_options=...): {key} takes a number (default "
+                            f"{DEFAULT_ONSET_OPTIONS[key]}); got {_given(value)}")
+    try:
+        check_onset_options(**options)
+    except ValueError as err:
+        raise ValueError(f"StepwiseMonitor(onset_options=...): {err}") from None
+    return dict(options)
 
 
 class StepwiseMonitor(Callback):
@@ -84,8 +240,11 @@ class StepwiseMonitor(Callback):
 
     Args:
         module: dotted path of the submodule to track (its output, or its online inputs when it is a
-            ``lightly.loss`` loss), or a list of paths to track several points. ``None``: auto-detect (see
-            [`lightning_stepwise.capture`][lightning_stepwise.capture]).
+            ``lightly.loss`` loss), or the submodule itself (``model.projection_head``), or a list of them to track
+            several points. A path that names no submodule stops ``fit`` at set-up with the close matches
+            ("Did you mean `backbone`?"). ``None``: auto-detect (a Lightly
+            prototype layer's or loss's online inputs, else ``projection_head``, else ``backbone``; see
+            ``lightning_stepwise.capture``).
         embedding_fn: ``embedding_fn(pl_module, batch) -> Tensor`` instead of a hook; called under
             ``no_grad`` before the training step, with the RNG and the module's buffers restored after.
         normalize: L2-normalise each embedding before the covariance. ``None``: do what the hooked
@@ -93,7 +252,8 @@ class StepwiseMonitor(Callback):
         every_n_steps: steps between the openings of two measurement windows, or ``"auto"`` (the default):
             as many measurements as every 50 steps would give over the run, a third of them log-spaced over its
             first tenth (step 0, 1, 2, 3, 4, 6, 8, ...: the first modes often rise within a hundred steps) and
-            the rest evenly spaced after it (see [`lightning_stepwise.schedule`][lightning_stepwise.schedule]).
+            the rest evenly spaced after it (see
+            [`MeasurementSchedule`][lightning_stepwise.schedule.MeasurementSchedule]).
         window: samples (embedding rows, all views and ranks together) per measurement.
         top_k: eigenvalues kept per measurement (the summaries use all of them).
         mode_directions: leading eigen-directions obtained at each measurement and followed by identity, so a
@@ -130,7 +290,7 @@ class StepwiseMonitor(Callback):
 
     def __init__(
         self,
-        module: str | Sequence[str] | None = None,
+        module: ModuleSpec | Sequence[ModuleSpec] | None = None,
         *,
         embedding_fn: EmbeddingFn | None = None,
         normalize: bool | None = None,
@@ -162,11 +322,11 @@ class StepwiseMonitor(Callback):
         self.mode_directions = mode_directions
         self.log_top_k = log_top_k
         self.max_history = max_history
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.dirpath: Path | None = dirpath  # type: ignore[assignment]  # a Path once checked
         self.name = name
         self.prog_bar = prog_bar
         self.strict = strict
-        self.onset_options = dict(onset_options or {})
+        self.onset_options: dict[str, Any] = onset_options  # type: ignore[assignment]  # a dict once checked
         self.verbose = verbose
         self.plot_x = plot_x
         self.save_figure = save_figure
@@ -174,8 +334,8 @@ class StepwiseMonitor(Callback):
         self.theory = theory
         self.lr_optimizer = lr_optimizer
         self._validate_init_configuration()
-        #: Folder the files were written to, once written.
         self.output_dir: Path | None = None
+        """Folder the files were written to, once written."""
         self.tracker: SpectrumTracker | None = None
         self._points: list[TrackingPoint] = []
         self._taps: list[EmbeddingTap] = []
@@ -186,33 +346,57 @@ class StepwiseMonitor(Callback):
         self._progress_epoch = -1
         self._reported_left_out = False
         self._problem_totals: dict[str, int] | None = None
+        self._found = False  # whether set-up found the embeddings
 
     def _validate_init_configuration(self) -> None:
-        """Every argument check in one place, each naming the argument and what it accepts."""
-        if self.every_n_steps != "auto" and (not isinstance(self.every_n_steps, int)
-                                             or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
-            raise ValueError(f"StepwiseMonitor: every_n_steps must be an integer >= 1 or 'auto', got "
-                             f"{self.every_n_steps!r}")
-        for arg, low in (("window", 2), ("top_k", 1), ("mode_directions", 0), ("log_top_k", 0),
-                         ("max_history", 2), ("lr_optimizer", 0)):
-            value = getattr(self, arg)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"StepwiseMonitor: {arg} must be an integer >= {low}, got {value!r}")
+        """Every argument check in one place, each naming the argument, what was given and what it takes.
+
+        ``TypeError`` for a wrong type, ``ValueError`` for a wrong value; numbers and paths are normalised.
+        """
+        _check_module(self.module)
+        _check_embedding_fn(self.embedding_fn)
         if self.module is not None and self.embedding_fn is not None:
-            raise ValueError("StepwiseMonitor: give either `module` or `embedding_fn`, not both")
-        if self.embedding_fn is not None and not callable(self.embedding_fn):
-            raise TypeError("StepwiseMonitor: embedding_fn must be callable as embedding_fn(pl_module, batch)")
-        if self.plot_x not in {"step", "time"}:
-            raise ValueError(f"StepwiseMonitor: plot_x must be 'step' or 'time', got {self.plot_x!r}")
-        if self.spectrum not in SPECTRA:
-            raise ValueError(f"StepwiseMonitor: spectrum must be one of {SPECTRA}, got {self.spectrum!r}")
-        try:
-            check_onset_options(**self.onset_options)
-        except ValueError as err:
-            raise ValueError(f"StepwiseMonitor: onset_options: {err}") from None
+            raise ValueError("StepwiseMonitor: give either `module` or `embedding_fn`, not both (embedding_fn "
+                             "replaces the hook on a module)")
+        if not (isinstance(self.every_n_steps, str) and self.every_n_steps == "auto"):
+            if isinstance(self.every_n_steps, str):
+                raise ValueError(f"StepwiseMonitor(every_n_steps=...) takes an int >= 1 or 'auto'; got "
+                                 f"{_given(self.every_n_steps)}. E.g. every_n_steps=50, or every_n_steps='auto'")
+            self.every_n_steps = _integer("every_n_steps", self.every_n_steps, 1,
+                                          "steps between measurements, or 'auto'", 50)
+        for arg, low, meaning, example in (
+                ("window", 2, "embedding rows per measurement", 1024),
+                ("top_k", 1, "eigenvalues kept per measurement", 256),
+                ("mode_directions", 0, "eigen-directions followed by identity; 0 turns identity tracking off", 64),
+                ("log_top_k", 0, "eigenvalues sent to the loggers", 16),
+                ("max_history", 2, "measurements kept in memory", 10_000),
+                ("lr_optimizer", 0, "index in trainer.optimizers of the optimizer that makes effective time", 0)):
+            setattr(self, arg, _integer(arg, getattr(self, arg), low, meaning, example))
+        self.normalize = _boolean("normalize", self.normalize, "L2-normalise the embeddings; None: as the hooked "
+                                  "loss does", optional=True)
+        for arg, meaning in (("prog_bar", "show the effective rank in the progress bar"),
+                             ("strict", "raise instead of warning, counting and skipping"),
+                             ("verbose", "print a line per learned mode"),
+                             ("save_figure", "write stepwise.png at fit end")):
+            setattr(self, arg, _boolean(arg, getattr(self, arg), meaning))
+        dirpath: Any = self.dirpath
+        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
+            raise TypeError(f"StepwiseMonitor(dirpath=...) takes a folder (a str or pathlib.Path) or None for "
+                            f"<trainer.log_dir>/stepwise; got {_given(dirpath)}")
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        if not isinstance(self.name, str) or not self.name:
+            error = TypeError if not isinstance(self.name, str) else ValueError
+            raise error(f"StepwiseMonitor(name=...) takes a non-empty str (the prefix of logged metric names); got "
+                        f"{_given(self.name)}. E.g. name='stepwise'")
+        self.plot_x = _choice("plot_x", self.plot_x, ("step", "time"), "the x axis of stepwise.png")
+        self.spectrum = _choice("spectrum", self.spectrum, SPECTRA,
+                                "what the eigenvalues are of: the embeddings' covariance, or the two views' "
+                                "cross-correlation")
+        self.onset_options = _check_onset_options(self.onset_options)
         if self.theory is not None and not isinstance(self.theory, TheoryPrediction):
-            raise TypeError("StepwiseMonitor: theory must be a TheoryPrediction, e.g. "
-                            "LinearSSLTheory.from_views(x0, x1).predict(lr=..., W0=...)")
+            raise TypeError(f"StepwiseMonitor(theory=...) takes a TheoryPrediction or None; got "
+                            f"{_given(self.theory)}. E.g. theory=LinearSSLTheory.from_views(x0, x1).predict(lr=..., "
+                            "W0=...)")
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks: hooks and the module are made again at set-up
@@ -224,7 +408,7 @@ class StepwiseMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        spec = "embedding_fn" if self.embedding_fn is not None else self.module
+        spec = "embedding_fn" if self.embedding_fn is not None else _module_key(self.module)
         return self._generate_state_key(module=spec, name=self.name)
 
     @property
@@ -236,7 +420,7 @@ class StepwiseMonitor(Callback):
         ``participation_ratio``, ``measurement`` and ``eigenvalues`` (rows x k, descending); with identity
         tracking (``mode_directions > 0``) also ``mode_ids``, ``mode_eigenvalues`` and ``mode_overlap``
         (rows x m: each row's tracked modes by eigenvalue, their identities and overlaps; see
-        `MODE_COLUMNS`).
+        [`MODE_COLUMNS`][lightning_stepwise.history.MODE_COLUMNS]).
         """
         if self.tracker is None:
             return SpectrumHistory().as_arrays()
@@ -251,7 +435,7 @@ class StepwiseMonitor(Callback):
     def onsets(self) -> list[dict[str, float]]:
         """The learned modes of the first tracking point: one record per mode, by mode.
 
-        Columns as `ONSET_COLUMNS`; see
+        Columns as [`ONSET_COLUMNS`][lightning_stepwise.onset_core.ONSET_COLUMNS]; see
         [`detect_onsets`][lightning_stepwise.onsets.detect_onsets]. Each has its matching loss drop (and the
         theory's prediction when ``theory`` is given); a mode's onset does not change once found.
         """
@@ -294,12 +478,21 @@ class StepwiseMonitor(Callback):
             return
         # trainer.log_dir is a collective under DDP: resolve it here, where every rank comes
         self._default_dir = default_output_dir(trainer)
+        self._found = self._attach(trainer, pl_module)
+
+    def _attach(self, trainer: Any, pl_module: Any) -> bool:
+        """Find and hook the tracking points, make (or keep) the tracker; False when none is found (yet)."""
         for tap in self._taps:
             tap.remove()
+        self._taps = []
         if self.embedding_fn is not None:
             self._points = [TrackingPoint("embedding_fn", "embedding_fn")]
         else:
-            self._points = find_tracking_points(pl_module, self.module)
+            try:
+                self._points = find_tracking_points(pl_module, self.module)
+            except NoEmbeddingFoundError:
+                self._points = []
+                return False
         self._taps = [EmbeddingTap(p).attach() for p in self._points]
         names = [p.name for p in self._points]
         continues = (self.tracker is not None and pl_module is self._module_ref and self.tracker.point_names == names
@@ -319,8 +512,18 @@ class StepwiseMonitor(Callback):
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
+        return True
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._found:  # submodules made in configure_model exist by now
+            self._found = self._attach(trainer, pl_module)
+        if not self._found:
+            if self.module is not None:
+                find_tracking_points(pl_module, self.module)  # raises: no such submodule, with the close matches
+            return  # auto-detection found nothing: raised at the first training batch, with an embedding_fn for it
+        self._start(trainer, pl_module)
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
         assert self.tracker is not None
         if self.theory is not None and self.spectrum != "cross_correlation":
             self.tracker.problems.warn("theory_spectrum", "the theory predicts the eigenvalues of the views' "
@@ -344,6 +547,11 @@ class StepwiseMonitor(Callback):
     # ------------------------------------------------------------------ per batch
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not self._found:
+            # raises NoEmbeddingFoundError, now with an embedding_fn that fits this batch
+            find_tracking_points(pl_module, self.module, batch=batch, two_views=self.spectrum == "cross_correlation")
+            self._found = self._attach(trainer, pl_module)  # found after all (made in the first step): start now
+            self._start(trainer, pl_module)
         assert self.tracker is not None
         open_window = self.tracker.start_batch(logging_step(trainer), epoch=trainer.current_epoch,
                                                lr=optimizer_lr(trainer, self.lr_optimizer))
@@ -365,11 +573,16 @@ class StepwiseMonitor(Callback):
         for point, tap in zip(self._points, self._taps, strict=True):
             tap.active = False
             captured[point.name] = tap.take()
-        self.tracker.end_batch(captured, loss=module_loss(trainer, pl_module, outputs))
+        # the batch size tells the cross-correlation one view's forward pass from both views concatenated
+        batch_size = batch_size_of(batch) if self.spectrum == "cross_correlation" else None
+        self.tracker.end_batch(captured, loss=module_loss(trainer, pl_module, outputs), batch_size=batch_size)
         self._report_left_out()
         self._log_recorded(trainer, pl_module)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self._found:  # no training batch came to raise at
+            find_tracking_points(pl_module, self.module)
+            return
         assert self.tracker is not None
         self.tracker.finish(logging_step(trainer))
         self._problem_totals = self.tracker.problems.totals(self.tracker.device or "cpu")  # a collective
@@ -405,17 +618,26 @@ class StepwiseMonitor(Callback):
             if self.strict:
                 raise
             self.tracker.problems.report("embedding_fn_errors", f"embedding_fn raised {type(err).__name__}: {err}; "
-                                         "batch skipped")
+                                         f"batch skipped. {self._embedding_fn_hint(pl_module, batch)}")
             return
         finally:
             with torch.no_grad():
                 for b, saved in zip(pl_module.buffers(), buffers, strict=True):
                     b.copy_(saved)
-        if isinstance(out, Tensor):
+        if isinstance(out, Tensor) and torch.is_floating_point(out) and out.ndim >= 2:
             self._taps[0].add([out])
         else:
-            self.tracker.problems.report("malformed_batches", f"embedding_fn returned {type(out).__name__}, not a "
-                                         "Tensor; batch skipped", key="embedding_fn_type")
+            got = (f"a {str(out.dtype).removeprefix('torch.')} Tensor of shape {tuple(out.shape)}"
+                   if isinstance(out, Tensor) else _given(out))
+            self.tracker.problems.report("malformed_batches", f"embedding_fn returned {got}, not a floating Tensor "
+                                         "of (batch, dim) embeddings; batch skipped. "
+                                         f"{self._embedding_fn_hint(pl_module, batch)}", key="embedding_fn_type")
+
+    def _embedding_fn_hint(self, pl_module: Any, batch: Any) -> str:
+        snippet = suggest_embedding_fn(batch, pl_module, two_views=self.spectrum == "cross_correlation")
+        indented = "\n".join(f"    {line}" if line else "" for line in snippet.splitlines())
+        return (f"It is called as embedding_fn(pl_module, batch), with batches like {describe_batch(batch)}; one "
+                f"that fits them:\n\n{indented}\n")
 
     def _report_left_out(self) -> None:
         """Once per fit: which inputs of a loss were left out as not online, so users see what is measured."""
@@ -456,8 +678,9 @@ class StepwiseMonitor(Callback):
             return
         for record in m.new_onsets:
             epoch = "" if math.isnan(record["onset_epoch"]) else f", epoch {record['onset_epoch']:.0f}"
-            print_line(trainer, f"StepwiseMonitor: mode {record['mode']} learned at step {record['onset_step']:.0f}"
-                                 f"{epoch} ({_count(m.modes_learned, 'mode')} learned)")
+            # numbered from 1 in the order learned, so that "#3" and "3 learned so far" agree
+            print_line(trainer, f"StepwiseMonitor: mode #{int(record['mode']) + 1} learned at step "
+                                 f"{record['onset_step']:.0f}{epoch} ({m.modes_learned} learned so far)")
 
     def _log_progress(self, trainer: Any, pl_module: Any) -> None:
         # Host tensors: logging a float would copy it to the device, a synchronisation.

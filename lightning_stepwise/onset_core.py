@@ -31,7 +31,6 @@ __all__ = [
     "value_at",
 ]
 
-#: Columns of an onset record, in table order. ``NaN`` marks a value that was not available.
 ONSET_COLUMNS: tuple[str, ...] = (
     "mode",
     "onset_step",
@@ -49,11 +48,12 @@ ONSET_COLUMNS: tuple[str, ...] = (
     "relative_error",
     "identity",
 )
+"""Columns of an onset record, in table order. ``NaN`` marks a value that was not available."""
 
 TINY = np.finfo(np.float64).tiny
-#: Eigenvalues below this fraction of the largest one in their row are below the resolution of float32
-#: embeddings: their rises are round-off, not learning.
 RESOLUTION = 1e-7
+"""Eigenvalues below this fraction of the largest one in their row are below the resolution of float32
+embeddings: their rises are round-off, not learning."""
 
 
 def value_at(steps: np.ndarray, column: np.ndarray | None, step: float) -> float:
@@ -123,9 +123,6 @@ def find_rise(m: np.ndarray, min_rise: float, plateau_rows: int,
 
 
 
-#: The detection options, their defaults and meaning: the one source for
-#: [`detect_onsets`][lightning_stepwise.onsets.detect_onsets], [`OnsetTracker`][lightning_stepwise.onsets.OnsetTracker],
-#: ``StepwiseMonitor(onset_options=...)`` and the ``report`` command's flags.
 ONSET_OPTIONS: dict[str, tuple[float, str]] = {
     "min_rise": (10.0, "factor by which a mode must rise above its floor to count as learned"),
     "min_relative_plateau": (0.01, "smallest plateau of a learned mode, as a fraction of the largest eigenvalue "
@@ -133,7 +130,11 @@ ONSET_OPTIONS: dict[str, tuple[float, str]] = {
     "smoothing": (7, "rows of the running median applied first (odd; 1 turns it off)"),
     "plateau_rows": (5, "rows after the plateau that must confirm it"),
 }
+"""The detection options, ``{name: (default, meaning)}``: the one source for
+[`detect_onsets`][lightning_stepwise.onsets.detect_onsets], [`OnsetTracker`][lightning_stepwise.onsets.OnsetTracker],
+``StepwiseMonitor(onset_options=...)`` and the ``report`` command's flags."""
 DEFAULT_ONSET_OPTIONS: dict[str, float] = {name: default for name, (default, _) in ONSET_OPTIONS.items()}
+"""The default of each detection option (from [`ONSET_OPTIONS`][lightning_stepwise.onset_core.ONSET_OPTIONS])."""
 
 
 def check_onset_options(**options: Any) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def detect_onsets(
     (a direction renamed on its plateau is not a new mode).
 
     Returns:
-        One record (a dict with the keys of `ONSET_COLUMNS`) per learned
+        One record (a dict with the keys of [`ONSET_COLUMNS`][lightning_stepwise.onset_core.ONSET_COLUMNS]) per learned
         mode, by increasing
         ``mode``: on sorted rows the column index (the rank in the sorted spectrum); on the identity route
         the order in which the modes were learned (confirmed), with ``identity`` the mode's identity (NaN
@@ -246,8 +246,8 @@ class OnsetTracker:
         self.lookahead = lookahead
         self.settle_after = settle_after
         self.options = check_onset_options(**options)
-        #: Confirmed records by mode.
         self.records: dict[int, dict[str, float]] = {}
+        """Confirmed records by mode."""
         self._first = 0  # first column not settled
         self._resume_step = -math.inf  # where its search starts
         self._previous_floor = 0.0

@@ -131,13 +131,16 @@ def plot_stepwise(
     else:
         for j in range(modes):
             ax.plot(xs, positive[:, j], color=cmap(norm(j)), lw=1.1)
+    dots = 0
     for r in onsets:
         j = int(r["mode"])
         if j >= (len(onsets) if by_identity else modes):
             continue
-        ox = to_x(float(r["onset_step"]))
+        ox, oy = to_x(float(r["onset_step"])), 0.5 * float(r["plateau"])
         ax.axvline(ox, color=cmap(norm(j)), lw=0.5, alpha=0.35)
-        ax.plot([ox], [0.5 * float(r["plateau"])], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6, zorder=3)
+        if np.isfinite(ox) and np.isfinite(oy) and oy > 0:
+            ax.plot([ox], [oy], "o", ms=4.5, mfc=cmap(norm(j)), mec="black", mew=0.6, zorder=3)
+            dots += 1
     ax.set_yscale("log")
     if predicted is not None:
         p_steps = np.asarray(predicted["step"], dtype=np.float64)
@@ -152,7 +155,7 @@ def plot_stepwise(
         ax.set_ylim(low, high)
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{len(onsets)} modes learned")
-    if onsets:
+    if dots:  # the legend of the dots only where dots are drawn
         ax.text(0.99, 0.02, "dots: onsets (half the plateau)", transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=8, color="0.3")
     if has_loss:

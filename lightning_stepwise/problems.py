@@ -19,8 +19,6 @@ from lightning_stepwise.distributed import all_reduce_sum, distributed_world_siz
 
 __all__ = ["PROBLEM_KINDS", "ProblemCounter", "StepwiseWarning"]
 
-#: Every kind counted, with the phrase the summary uses. ``rank_local`` kinds are counted by each
-#: process on its own and summed over ranks at fit end; the others are the same on every rank.
 PROBLEM_KINDS: dict[str, dict[str, Any]] = {
     "non_finite_batches": {"phrase": "batches with non-finite embeddings skipped", "rank_local": False},
     "malformed_batches": {"phrase": "batches skipped for their shape", "rank_local": True},
@@ -33,6 +31,9 @@ PROBLEM_KINDS: dict[str, dict[str, Any]] = {
     "failed_onset_updates": {"phrase": "onset detections that failed", "rank_local": False},
     "failed_probes": {"phrase": "linear probes that failed", "rank_local": False},
 }
+"""Every kind of skipped work counted (the keys of ``problems.json`` and ``monitor.problems``), with the
+phrase the summary uses. ``rank_local`` kinds are counted by each process on its own and summed over
+ranks at fit end; the others are the same on every rank."""
 
 
 class StepwiseWarning(UserWarning):

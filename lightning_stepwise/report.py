@@ -22,18 +22,22 @@ import numpy as np
 
 from lightning_stepwise.history import SCALAR_COLUMNS
 from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
-from lightning_stepwise.onset_core import ONSET_COLUMNS, check_onset_options
+from lightning_stepwise.onset_core import ONSET_COLUMNS, RESOLUTION, check_onset_options, find_rise
 from lightning_stepwise.onsets import detect_onsets
-from lightning_stepwise.trajectory import OnsetInputWarning
+from lightning_stepwise.trajectory import OnsetInputWarning, running_median
 
 __all__ = [
+    "MODE_NUMBERING",
     "RunFiles",
     "RunReport",
+    "explain_no_onsets",
     "final_onset_table",
     "format_onset_table",
+    "largest_rise",
     "load_onsets",
     "load_spectrum",
     "loss_drops_of",
+    "rows_needed",
     "report_run",
     "save_onsets",
     "save_probe",
@@ -91,7 +95,9 @@ def load_spectrum(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def save_onsets(
     records: Sequence[Mapping[str, Any]], directory: str | os.PathLike[str], stem: str = "onsets"
 ) -> tuple[Path, Path]:
-    """Write onset records as ``<stem>.csv`` and ``<stem>.json`` (columns `ONSET_COLUMNS`).
+    """Write onset records as ``<stem>.csv`` and ``<stem>.json``.
+
+    The columns are [`ONSET_COLUMNS`][lightning_stepwise.onset_core.ONSET_COLUMNS].
 
     Examples:
         >>> import tempfile
@@ -137,13 +143,23 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
+#: How the demo and the ``report`` command explain their ``#k`` once: modes numbered from 1, as in
+#: ``StepwiseMonitor``'s "mode #3 learned at step ... (3 learned so far)"; the files keep the index from 0.
+MODE_NUMBERING = "modes are numbered from 1 here (#1, #2, ...) and from 0 in onsets.csv: #1 is mode 0 there"
+
+
+def format_onset_table(records: Sequence[Mapping[str, Any]], *, ordinal: bool = False) -> str:
     """The per-mode table for a terminal: mode, onset, rise, plateau, epoch and the matched loss drop.
+
+    ``ordinal`` writes each mode as ``#k``, numbered from 1 (``#1`` is mode 0), as the monitor's lines and the
+    command line do; otherwise as its ``mode`` index from 0, as in ``onsets.csv``.
 
     Examples:
         >>> print(format_onset_table([{"mode": 3, "onset_step": 230.4, "rise_steps": 41.0, "plateau": 0.93}]))
         mode  onset step  rise (steps)  plateau  epoch  loss drop (step)
            3         230            41     0.93      -                 -
+        >>> print(format_onset_table([{"mode": 3, "onset_step": 230.4}], ordinal=True).splitlines()[1])
+          #4         230             -        -      -                 -
     """
     header = "mode  onset step  rise (steps)  plateau  epoch  loss drop (step)"
     with_theory = any(not _is_nan(r.get("predicted_onset_step", math.nan)) for r in records)
@@ -159,7 +175,8 @@ def format_onset_table(records: Sequence[Mapping[str, Any]]) -> str:
         drop = "-"
         if not _is_nan(r.get("loss_drop", math.nan)):
             drop = f"{r['loss_drop']:.3g} ({r['loss_drop_step']:.0f})"
-        line = (f"{int(r['mode']):4d}  {num(r, 'onset_step', '.0f'):>10}  {num(r, 'rise_steps', '.0f'):>12}  "
+        mode = f"#{int(r['mode']) + 1}" if ordinal else f"{int(r['mode'])}"
+        line = (f"{mode:>4}  {num(r, 'onset_step', '.0f'):>10}  {num(r, 'rise_steps', '.0f'):>12}  "
                 f"{num(r, 'plateau', '.3g'):>7}  {num(r, 'onset_epoch', '.0f'):>5}  {drop:>16}")
         if with_theory:
             line += f"  {num(r, 'predicted_onset_step', '.0f'):>9}  {num(r, 'relative_error', '+.1%'):>10}"
@@ -290,11 +307,217 @@ def save_problems(counts: Mapping[str, int], directory: str | os.PathLike[str],
     return path
 
 
+def _detect(arrays: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The onsets of a history as the ``report`` command finds them: per identity when it has ``mode_ids``."""
+    identities = "mode_ids" in arrays and bool((np.asarray(arrays["mode_ids"]) >= 0).any())
+    return detect_onsets(arrays["step"], arrays["mode_eigenvalues" if identities else "eigenvalues"],
+                         mode_ids=arrays["mode_ids"] if identities else None, epochs=arrays.get("epoch"),
+                         times=arrays.get("time"), **options)
+
+
+def rows_needed(smoothing: int = 7, plateau_rows: int = 5) -> int:
+    """About how many measurements the onset detector needs to find one learned mode.
+
+    Half a running-median window at the floor before the rise, the rise, the ``plateau_rows`` rows that
+    confirm its plateau, and the last half window, which the running median cannot use yet:
+    ``smoothing + plateau_rows + 3``.
+
+    Examples:
+        >>> rows_needed()  # the default options: a running median of 7 rows, then 5 confirming rows
+        15
+    """
+    return int(smoothing) + int(plateau_rows) + 3
+
+
+def _spectrum_rows(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and sorted eigenvalues without all-NaN columns and non-finite rows, clipped below at float32 resolution.
+
+    Values under ``RESOLUTION`` times the largest of their row are round-off: clipped to that level, they
+    cannot make rises of a billion.
+    """
+    steps = np.asarray(arrays["step"], dtype=np.float64).reshape(-1)
+    values = np.asarray(arrays["eigenvalues"], dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.shape[1]:
+        values = values[:, ~np.all(np.isnan(values), axis=0)]
+    keep = np.all(np.isfinite(values), axis=1) & np.isfinite(steps)
+    steps, values = steps[keep], values[keep]
+    if values.size:
+        top = np.max(np.abs(values), axis=1, keepdims=True)
+        values = np.maximum(values, np.maximum(RESOLUTION * top, np.finfo(np.float64).tiny))
+    return steps, values
+
+
+def largest_rise(arrays: Mapping[str, np.ndarray], *, smoothing: int = 1) -> dict[str, float] | None:
+    """The largest rise of a sorted eigenvalue above its floor (its lowest value so far) in a history.
+
+    With ``smoothing`` > 1 the values are first smoothed by a running median over that many rows and the
+    last ``smoothing // 2`` rows are left out: the rise as the onset detector sees it.
+
+    Returns:
+        ``eigenvalue`` (its rank, from 1: the columns of the demo's table), ``factor`` (value / floor),
+        ``floor`` and ``floor_step``, ``value`` and ``step`` (where the factor is largest); None with fewer than
+        two usable rows.
+
+    Examples:
+        >>> eigenvalues = np.array([[2.0, 0.1], [2.0, 0.1], [3.0, 1.5], [3.0, 2.0]])
+        >>> rise = largest_rise({"step": np.array([0, 10, 20, 30]), "eigenvalues": eigenvalues})
+        >>> rise["eigenvalue"], rise["factor"], rise["floor_step"], rise["step"]
+        (2, 20.0, 0.0, 30.0)
+    """
+    steps, values = _spectrum_rows(arrays)
+    if smoothing > 1 and len(values):
+        usable = max(len(values) - smoothing // 2, 0)
+        values, steps = running_median(values, smoothing)[:usable], steps[:usable]
+    if len(values) < 2 or values.shape[1] == 0:
+        return None
+    ratio = values / np.minimum.accumulate(values, axis=0)
+    row, column = (int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
+    floor_row = int(np.argmin(values[: row + 1, column]))
+    return {"eigenvalue": column + 1, "factor": float(ratio[row, column]), "floor": float(values[floor_row, column]),
+            "floor_step": float(steps[floor_row]), "value": float(values[row, column]), "step": float(steps[row])}
+
+
+def _spacing(steps: np.ndarray) -> str:
+    """``steps 0 to 180, every 20`` (or ``every 1 to 40`` when the spacing varies, as with ``"auto"``)."""
+    if len(steps) == 1:
+        return f"at step {steps[0]:.0f}"
+    gaps = np.diff(steps)
+    every = f"{gaps[0]:.0f}" if np.ptp(gaps) == 0 else f"{gaps.min():.0f} to {gaps.max():.0f}"
+    return f"steps {steps[0]:.0f} to {steps[-1]:.0f}, every {every}"
+
+
+def explain_no_onsets(
+    arrays: Mapping[str, np.ndarray],
+    options: Mapping[str, Any] | None = None,
+    *,
+    onsets: Sequence[Mapping[str, Any]] | None = None,
+) -> str | None:
+    """Why a history yields no learned mode, and what to change; None when it has one.
+
+    The reasons, computed from the history, the first that applies:
+
+    - *too few measurements*: fewer than [`rows_needed`][lightning_stepwise.report.rows_needed] rows (about 15
+      with the default options: a running median of 7 rows, then 5 rows confirming each plateau);
+    - *a rise at the very end*: an eigenvalue rose ``min_rise`` times above its floor in the last rows, which
+      the running median cannot use yet;
+    - *too coarse an interval*: an eigenvalue rose ``min_rise`` times but fell back within fewer measurements
+      than the running median keeps (the rises are shorter than a few measurement intervals);
+    - *a run too short*: no eigenvalue rose ``min_rise`` times above its floor (the largest rise is named), or
+      one did but was still rising at the end, its plateau not confirmed;
+    - *nothing stood out*: eigenvalues rose and levelled off, but with the whole spectrum or below
+      ``min_relative_plateau`` of the largest.
+
+    Each comes with its fix: more steps, a smaller ``every_n_steps`` (the demo's ``--every-n-steps``), or
+    detection options for ``lightning-stepwise report``. Used by the demo and the ``report`` command.
+
+    Args:
+        arrays: a history as [`StepwiseMonitor.history`][lightning_stepwise.monitor.StepwiseMonitor.history] or
+            [`load_spectrum`][lightning_stepwise.report.load_spectrum] returns it (``step``, ``eigenvalues``;
+            ``mode_ids`` and ``mode_eigenvalues`` when identity-tracked).
+        options: the detection options (see
+            [`ONSET_OPTIONS`][lightning_stepwise.onset_core.ONSET_OPTIONS]); defaults for those not given.
+        onsets: the onsets already found in ``arrays`` with these options; detected here when not given.
+
+    Examples:
+        >>> steps = np.arange(0, 200, 20)  # ten measurements, a mode rising at step 100
+        >>> history = {"step": steps, "eigenvalues": np.where(steps >= 100, 1.0, 0.01)[:, None]}
+        >>> print(explain_no_onsets(history).split(":")[0])
+        too few measurements
+        >>> explain_no_onsets({"step": np.arange(40), "eigenvalues": np.ones((40, 1))}, onsets=[{"mode": 0}]) is None
+        True
+    """
+    opts = check_onset_options(**dict(options or {}))
+    smoothing, plateau_rows, min_rise = int(opts["smoothing"]), int(opts["plateau_rows"]), float(opts["min_rise"])
+    half = smoothing // 2
+    steps, values = _spectrum_rows(arrays)
+    rows = len(steps)
+    if onsets is None and len(np.asarray(arrays["step"])) >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OnsetInputWarning)
+            try:
+                onsets = _detect(arrays, opts)
+            except ValueError:  # inputs the detector refuses: the reasons below still hold
+                onsets = []
+    if onsets:
+        return None
+    if rows == 0:
+        return ("no measurement recorded: the run ended before the first measurement window filled (it takes "
+                "`window` samples). Train for more steps.")
+    needed = rows_needed(smoothing, plateau_rows)
+    interval = float(np.median(np.diff(steps))) if rows > 1 else math.nan
+    span = float(steps[-1] - steps[0])
+    if rows < needed:
+        text = (f"too few measurements: {rows} ({_spacing(steps)}); the detector needs about {needed} to find a "
+                f"mode (a running median of {smoothing}, then {plateau_rows} confirming its plateau).")
+        longer = (f"train longer: {2 * needed} measurements every {interval:.0f} steps take "
+                  f"{2 * needed * interval:.0f} steps") if rows > 1 else "train for more steps"
+        every = max(int(span // (2 * needed)), 1)
+        if span > 0 and every < interval:
+            return (f"{text} Measure more often: every {every} steps gives {int(span // every) + 1} measurements "
+                    f"over these {span:.0f} steps (StepwiseMonitor(every_n_steps={every}), the demo's "
+                    f"--every-n-steps {every}); or {longer}.")
+        return f"{text} {longer[0].upper()}{longer[1:]}."
+    raw = largest_rise(arrays)
+    seen = largest_rise(arrays, smoothing=smoothing)
+    if seen is None or seen["factor"] < min_rise:
+        if raw is not None and raw["factor"] >= min_rise:
+            column, row = int(raw["eigenvalue"]) - 1, int(np.flatnonzero(steps == raw["step"])[0])
+            up = values[row:, column] >= min_rise * raw["floor"]
+            stayed = int(np.argmin(up)) if not up.all() else len(up)  # rows it stayed up, from its peak on
+            if row > rows - 1 - half:
+                return (f"a rise at the very end: eigenvalue {raw['eigenvalue']} rose {raw['factor']:.0f}x above "
+                        f"its floor at step {raw['step']:.0f}, among the last {half} measurements, which the running "
+                        f"median of {smoothing} cannot use yet. Train longer: about "
+                        f"{(half + plateau_rows + 2) * interval:.0f} more steps confirm its plateau.")
+            if stayed <= half:
+                every = max(int(interval // (half + 1)), 1)
+                return (f"too coarse an interval: eigenvalue {raw['eigenvalue']} rose {raw['factor']:.0f}x above "
+                        f"its floor at step {raw['step']:.0f} but was back within {stayed + 1} measurements (every "
+                        f"{interval:.0f} steps); the running median of {smoothing} measurements keeps only rises "
+                        f"that last {half + 1} or more, so the rises here are shorter than a few measurement "
+                        f"intervals. Measure more often: every {every} steps (StepwiseMonitor(every_n_steps={every}), "
+                        f"the demo's --every-n-steps {every}); or detect again with a shorter running median "
+                        f"(lightning-stepwise report RUN --smoothing {max(2 * stayed - 1, 1)}).")
+        if seen is None:
+            return f"too few usable measurements: {rows} ({_spacing(steps)}). Train for more steps."
+        m = running_median(values, smoothing)[: rows - half, int(seen["eigenvalue"]) - 1]
+        rising = len(m) > plateau_rows and m[-1] >= m.max() and m[-1] > 1.02 * m[-1 - plateau_rows]
+        lower = f"; or look for smaller rises (lightning-stepwise report RUN --min-rise " \
+                f"{max(math.floor(seen['factor']), 2)})" if seen["factor"] >= 3 else ""
+        return (f"a run too short: no eigenvalue rose {min_rise:g}x above its floor (the detector's min_rise); the "
+                f"largest rise was {seen['factor']:.1f}x (eigenvalue {seen['eigenvalue']}, from step "
+                f"{seen['floor_step']:.0f} to step {seen['step']:.0f}{', still rising at the end' if rising else ''}). "
+                f"Train longer (e.g. {2 * steps[-1]:.0f} steps){lower}.")
+    smoothed = running_median(values, smoothing)[: rows - half]
+    risen_columns = 0
+    for j in range(smoothed.shape[1]):
+        m = smoothed[:, j]
+        factor = float(np.max(m / np.minimum.accumulate(m)))
+        if factor < min_rise:
+            continue
+        risen_columns += 1
+        if find_rise(m, min_rise, plateau_rows)[2] is None:
+            return (f"a run too short: eigenvalue {j + 1} rose {factor:.0f}x above its floor but was still rising at "
+                    f"the last measurement the detector can use (step {steps[len(m) - 1]:.0f}), so its plateau is "
+                    f"not confirmed: that takes {plateau_rows} measurements that do not exceed it, and the last "
+                    f"{half} are beyond the running median. Train longer: at least "
+                    f"{(half + plateau_rows + 2) * interval:.0f} more steps (every {interval:.0f} steps).")
+    return (f"nothing stood out: {risen_columns} eigenvalue{'s' if risen_columns != 1 else ''} rose {min_rise:g}x "
+            f"above {'their' if risen_columns != 1 else 'its'} floor and levelled off, but with the whole spectrum "
+            f"(the embedding's scale adapting, early in training) or below min_relative_plateau = "
+            f"{opts['min_relative_plateau']:g} of the largest eigenvalue. Train longer for modes to separate, or "
+            f"detect again with a smaller plateau threshold (lightning-stepwise report RUN --min-relative-plateau "
+            f"{opts['min_relative_plateau'] / 10:g}).")
+
+
 @dataclass(frozen=True)
 class RunReport:
     """What [`report_run`][lightning_stepwise.report.report_run] found and wrote for one ``spectrum*.npz``.
 
-    ``note`` says why there are no onsets when the history is too short to look for them.
+    ``note`` says why no mode was learned and what to change (see
+    [`explain_no_onsets`][lightning_stepwise.report.explain_no_onsets]); empty when some were.
 
     Examples:
         >>> import tempfile
@@ -324,8 +547,9 @@ def report_run(
 ) -> list[RunReport]:
     """Detect onsets and loss drops again from saved spectra; write the tables and ``stepwise.png``.
 
-    A history of fewer than 3 measurements is drawn as it is, with an empty onset table and a
-    ``note`` saying why.
+    When no mode is found (a history of fewer than 3 measurements is not searched), the table is empty and
+    the report's ``note`` says why and what to change
+    ([`explain_no_onsets`][lightning_stepwise.report.explain_no_onsets]).
 
     Args:
         run: a ``spectrum*.npz`` file, or a folder searched recursively for them (a logger's run folder).
@@ -355,17 +579,8 @@ def report_run(
         missing = {"step", "eigenvalues"} - set(arrays)
         if missing:
             raise ValueError(f"{path} lacks {sorted(missing)}: not a spectrum file written by StepwiseMonitor")
-        rows = len(arrays["step"])
-        note = ""
-        if rows < 3:
-            onsets: list[dict[str, float]] = []
-            note = (f"{rows} measurement{'s' if rows != 1 else ''}: finding learned modes needs at least 3 "
-                    "(measure more often with every_n_steps, or train longer)")
-        else:
-            identities = "mode_ids" in arrays and bool((np.asarray(arrays["mode_ids"]) >= 0).any())
-            onsets = detect_onsets(arrays["step"], arrays["mode_eigenvalues" if identities else "eigenvalues"],
-                                   mode_ids=arrays["mode_ids"] if identities else None, epochs=arrays.get("epoch"),
-                                   times=arrays.get("time"), **onset_options)
+        onsets = _detect(arrays, onset_options) if len(arrays["step"]) >= 3 else []
+        note = "" if onsets else explain_no_onsets(arrays, onset_options, onsets=onsets) or ""
         table, drops = final_onset_table(arrays, onsets)
         suffix = path.stem[len("spectrum"):]
         files_written = write_run_files(Path(output) if output is not None else path.parent, arrays, table, drops,

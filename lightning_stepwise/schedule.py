@@ -14,9 +14,10 @@ import numpy as np
 
 __all__ = ["AUTO_EARLY_FRACTION", "AUTO_EARLY_SHARE", "MeasurementSchedule", "auto_measurement_steps"]
 
-#: ``"auto"``: the part of the run measured densely, and the share of the measurements spent there.
 AUTO_EARLY_FRACTION = 0.1
+"""``"auto"``: the part of the run measured densely (its first tenth)."""
 AUTO_EARLY_SHARE = 1 / 3
+"""``"auto"``: the share of the measurements spent in the dense part (a third)."""
 
 
 def auto_measurement_steps(total_steps: int, every_n_steps: int = 50) -> np.ndarray:
@@ -112,6 +113,6 @@ class MeasurementSchedule:
         if not self.is_auto:
             return f"every {self.every_n_steps} steps"
         if self.steps is not None:
-            return (f"{len(self.steps)} measurements over {self.total_steps} steps, dense early "
+            return (f"at {len(self.steps)} points over {self.total_steps} steps, dense early "
                     f"(every_n_steps='auto')")
         return f"every 1 to {self.default_every} steps, ramping up (every_n_steps='auto')"

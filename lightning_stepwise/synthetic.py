@@ -111,8 +111,6 @@ def stepwise_trajectories(
     )
 
 
-#: The families of [`mode_family_run`][lightning_stepwise.synthetic.mode_family_run]: what makes each hard for a
-#: detector of sorted spectra.
 MODE_FAMILIES: dict[str, str] = {
     "baseline": "plateaus 0.8-1.25, onsets spread over 10-85 % of the run",
     "collapse": "a top mode 1e3-1e6 above the plateaus that decays to its floor over 10-50 % of the run",
@@ -120,6 +118,8 @@ MODE_FAMILIES: dict[str, str] = {
     "spread": "plateaus log-uniform over 0.3-3: later modes overtake earlier ones",
     "all": "collapse, early and spread together",
 }
+"""The families of [`mode_family_run`][lightning_stepwise.synthetic.mode_family_run]: what makes each hard for a
+detector of sorted spectra."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def mode_family_run(
     rotation: float = 0.5,
     seed: int = 0,
 ) -> SyntheticModeRun:
-    """One run of a family of `MODE_FAMILIES`: modes as slowly rotating directions, measured in windows.
+    """One run of a family of [`MODE_FAMILIES`][lightning_stepwise.synthetic.MODE_FAMILIES]: rotating modes, in windows.
 
     ``modes`` orthonormal directions in ``d = modes`` dimensions rotate slowly (``rotation`` radians over
     the run, a random skew generator). Each has an eigenvalue trajectory as in

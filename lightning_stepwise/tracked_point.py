@@ -26,7 +26,7 @@ from lightning_stepwise.accumulators import (
     WindowAccumulator,
     accumulator_from_state,
 )
-from lightning_stepwise.capture import to_embedding_rows
+from lightning_stepwise.capture import to_embedding_rows, two_view_problem
 from lightning_stepwise.distributed import all_gather_floats
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.mode_identity import ModeMatcher
@@ -88,6 +88,8 @@ class TrackedPoint:
         self.disabled = False
         self.accumulator: WindowAccumulator | None = None
         self.skipped_counted = 0
+        self.skipped_not_two_views = False
+        """Whether the last batch's rows were skipped for not being two views (cross-correlation)."""
 
     @property
     def name(self) -> str:
@@ -98,9 +100,16 @@ class TrackedPoint:
         """Whole batches (all ranks) a window of ``window_size`` samples takes at the agreed rows per batch."""
         return math.ceil(window_size / max(self.rows_per_batch, 1))
 
-    def usable_rows(self, tensors: Sequence[Tensor], *, window_step: int, spectrum: str) -> Tensor | None:
-        """The batch's rows, or None (counted) when it brought none or unusable ones."""
+    def usable_rows(self, tensors: Sequence[Tensor], *, window_step: int, spectrum: str,
+                    batch_size: int | None = None) -> Tensor | None:
+        """The batch's rows, or None (counted) when it brought none or unusable ones.
+
+        For the cross-correlation the rows must be two stacked views (see
+        [`two_view_problem`][lightning_stepwise.capture.two_view_problem]; ``batch_size``, the samples of the
+        training batch when known, tells one forward pass of one view from one of both views concatenated).
+        """
         name = self.name
+        self.skipped_not_two_views = False
         if self.disabled:
             return None
         rows, notes = to_embedding_rows(tensors) if tensors else (None, [])
@@ -116,10 +125,23 @@ class TrackedPoint:
             self.problems.report("malformed_batches", f"`{name}`: embedding width changed from {self.dim} to "
                                  f"{rows.shape[1]}; batch skipped", key=f"{name}:width")
             return None
-        if spectrum == "cross_correlation" and rows.shape[0] % 2:
-            self.problems.report("malformed_batches", f"`{name}` captured {rows.shape[0]} rows in a batch, not two "
-                                 "views of equal size: no cross-correlation for this batch", key=f"{name}:odd")
-            return None
+        if spectrum == "cross_correlation":
+            width = rows.shape[1]
+            counts = [int(t.shape[0]) for t in tensors
+                      if torch.is_floating_point(t) and t.ndim >= 2 and math.prod(t.shape[1:]) == width]
+            problem = two_view_problem(counts, batch_size)
+            if problem is not None:
+                self.skipped_not_two_views = True
+                self.problems.report("malformed_batches", (
+                    f"`{name}` captured rows that are not two views of equal size ({problem}), so there is no "
+                    "cross-correlation between views for this batch; its rows are skipped. "
+                    "spectrum='cross_correlation' needs a training step that embeds two views of the same samples "
+                    "(both views through the tracked module, one forward each or concatenated). For a model "
+                    "trained on one view, use spectrum='covariance' (the default); or point the monitor at both "
+                    "views' embeddings stacked with embedding_fn=lambda pl_module, batch: "
+                    "torch.cat([pl_module(x) for x in batch[0][:2]]) (for Lightly's ((view0, view1), labels) "
+                    "batches)"), key=f"{name}:two_views")
+                return None
         if self.problems.strict and not bool(torch.isfinite(rows).all()):
             raise RuntimeError(f"{self.problems.owner} (strict=True): non-finite embeddings at `{name}`")
         return rows
@@ -132,7 +154,10 @@ class TrackedPoint:
         if self.dim is None:
             self._agree(rows, device)
             if self.dim is None:
-                if not self.disabled:
+                if self.skipped_not_two_views:  # counted, not warned again: the two-view warning said why
+                    self.problems.report("empty_windows", f"`{self.name}`: no spectrum for the window at step "
+                                         f"{window_step}: its rows were not two views", key=f"{self.name}:two_views")
+                elif not self.disabled:
                     self.problems.report(
                         "empty_windows", f"`{self.name}` produced no embeddings in the first batch of the window "
                         f"at step {window_step}: it was not called in the training step, or its output is not a "

@@ -4,7 +4,7 @@ No Lightning in here: the tracker is fed step numbers, captured embeddings and l
 tested) without a Trainer. [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor] feeds it from Lightning's
 hooks.
 
-Per training batch, every DDP rank makes the same two calls, so every collective is entered by all::
+Per training batch, every DDP rank makes the same two calls, so every collective is entered by all:
 
     tracker.start_batch(step, epoch=epoch, lr=lr)         # opens a window when one is due
     ...                                                   # the training step; hooks capture embeddings
@@ -106,10 +106,11 @@ class SpectrumTracker:
     """Covariance (or cross-correlation) spectra of embedding windows, their history and learned modes.
 
     Args:
-        points: the tracking points, by name ([`PointSpec`][lightning_stepwise.tracked_point.PointSpec] or plain names).
+        points: the tracking points, by name (plain names, or ``PointSpec(name, normalize=True)`` from
+            ``lightning_stepwise.tracked_point`` to L2-normalise a point's rows first).
         every_n_steps: steps between the openings of two windows, or ``"auto"``: dense early, sparse later,
             as many as every 50 steps over ``total_steps`` (see
-            [`lightning_stepwise.schedule`][lightning_stepwise.schedule]).
+            [`MeasurementSchedule`][lightning_stepwise.schedule.MeasurementSchedule]).
         total_steps: the run's length in steps, for ``"auto"`` (also
             [`set_total_steps`][lightning_stepwise.tracker.SpectrumTracker.set_total_steps]).
         window: samples (embedding rows, all ranks) a window gathers before it is solved.
@@ -171,8 +172,8 @@ class SpectrumTracker:
         self._pending: _Pending | None = None
         self._recorded: list[Measurement] = []
         self.window: _Window | None = None
-        #: Effective time: the sum of the learning rate over the steps counted so far.
         self.time = 0.0
+        """Effective time: the sum of the learning rate over the steps counted so far."""
         self._lr = math.nan
         self.counted_step: int | None = None
         self.measurements = 0
@@ -250,8 +251,13 @@ class SpectrumTracker:
         if self.counted_step is None or step > self.counted_step:
             self.counted_step = step
 
-    def end_batch(self, captured: Mapping[str, Sequence[Tensor]], *, loss: Tensor | None = None) -> None:
-        """After a training batch: add its captured tensors (per point) and loss to the open window."""
+    def end_batch(self, captured: Mapping[str, Sequence[Tensor]], *, loss: Tensor | None = None,
+                  batch_size: int | None = None) -> None:
+        """After a training batch: add its captured tensors (per point) and loss to the open window.
+
+        ``batch_size`` (the samples of the training batch, when known) lets the cross-correlation tell one
+        forward pass of one view from one of both views concatenated.
+        """
         window = self.window
         if window is None:
             return
@@ -262,7 +268,8 @@ class SpectrumTracker:
         first = window.batches == 0
         window.batches += 1
         for p in self._points.values():
-            rows = p.usable_rows(captured.get(p.name, ()), window_step=window.step, spectrum=self.spectrum)
+            rows = p.usable_rows(captured.get(p.name, ()), window_step=window.step, spectrum=self.spectrum,
+                                 batch_size=batch_size)
             if first:
                 p.begin(rows, window_size=self.window_size, spectrum=self.spectrum, window_step=window.step,
                         device=self.device)

@@ -61,11 +61,12 @@ def test_trouble_on_one_rank_finishes_and_both_ranks_agree(trouble_run, route):
     for key in rank0.files:
         np.testing.assert_array_equal(rank0[key], rank1[key], err_msg=key)
     assert rank0["step"].tolist() == [0, 4, 8, 12]
-    # Each rank brings 8 rows a batch. The first batch (rank 1: no rows) agreed on 8 rows a batch, so the
-    # windows take 2 batches (moments: 16 samples; cross: 16 rows) or 1 (gram: 4 samples, a buffer of 8 rows
-    # a rank). Rank 1's first batch of each window is trouble: none (step 0), a width change (4, skipped),
-    # non-finite (8, skipped), 3 rows (12: skipped by the cross-correlation, which needs pairs).
-    expected = {"moments": [8 + 16, 8 + 16, 8 + 16, 11 + 16], "gram": [8, 8, 8, 11], "cross": [4 + 8] * 4}
+    # Each rank brings 8 rows a batch (cross: both views, 16 rows, 8 pairs). The first batch (rank 1: no rows)
+    # agreed on 8 rows a batch, so the windows take 2 batches (moments: 16 samples), or 1 (gram: 4 samples, a
+    # buffer of 8 rows a rank; cross: 16 rows). Rank 1's first batch of each window is trouble: none (step 0),
+    # a width change (4, skipped), non-finite (8, skipped), 3 rows (12: skipped by the cross-correlation, which
+    # needs two views of equal size), so each cross window holds rank 0's 8 pairs.
+    expected = {"moments": [8 + 16, 8 + 16, 8 + 16, 11 + 16], "gram": [8, 8, 8, 11], "cross": [8] * 4}
     assert rank0["samples"].tolist() == expected[route]
 
 

@@ -32,12 +32,22 @@ def test_demo_command_trains_prints_and_writes(tmp_path, capsys):
     assert "demo finished" in capsys.readouterr().out
 
 
-def test_demo_summary_table_names_the_columns(tmp_path, capsys):
+def test_demo_summary_table_names_the_columns(tmp_path, capfd):
     main(["demo", "--max-steps", "16", "--every-n-steps", "8", "--batch-size", "64", "--output", str(tmp_path)])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()  # file descriptors: Lightning's logging handlers write to them directly
     assert "eff.rank" in out and "spectrum.npz" in out and str(tmp_path) in out
-    assert "modes learned" in out and "onset step" in out  # the per-mode table
+    # progress before the slow parts, in order
+    starts = [out.index(line) for line in ("loading PyTorch", "Preparing the data", "Training for 16 steps",
+                                           "Writing the files and probing")]
+    assert starts == sorted(starts)
+    # what this run measured, not a claim; no mode learned in 2 measurements, and why
+    assert "2 measurements over 16 steps" in out and "Largest rise: eigenvalue" in out
+    assert "Modes are learned one after another" not in out
+    assert "0 modes learned. Why: too few measurements: 2 (steps 0 to 8, every 8)" in " ".join(out.split())
     assert "Linear probe" in out and "top-k eigen-directions" in out
+    # the first screen is the package's: no Lightning tips, device lines or deprecation warnings
+    for noise in ("Tip:", "LitLogger", "GPU available", "TPU available", "is deprecated", "logging interval"):
+        assert noise not in out + err, noise
 
 
 def test_format_summary_picks_even_rows():

@@ -94,3 +94,33 @@ def test_projector_width_and_learning_rate_reach_the_module(name, tmp_path):
     model = trainer.lightning_module
     assert model.lr == 0.01
     assert load_spectrum(callback(trainer, StepwiseMonitor).output_dir)["eigenvalues"].shape[1] == 24
+
+
+def test_collapsed_start_puts_the_normalised_embeddings_near_one_point():
+    simclr = load_example("simclr")
+    common = sys.modules["common"]
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 16, 16)
+
+    def normalised_spread(model):  # trace of the covariance of the L2-normalised embeddings (at most 1)
+        model.train()
+        with torch.no_grad():
+            z = torch.nn.functional.normalize(model(x), dim=1)
+        return torch.trace(torch.cov(z.T)).item()
+
+    plain = simclr.SimCLR(*common.backbone("tiny", 8), projector_dim=32)
+    collapsed = simclr.SimCLR(*common.backbone("tiny", 8), projector_dim=32)
+    collapsed.load_state_dict(plain.state_dict())
+    common.collapsed_start(collapsed.projection_head, 0.03)
+    last = [m for m in collapsed.projection_head.modules() if isinstance(m, torch.nn.BatchNorm1d)][-1]
+    assert torch.linalg.vector_norm(last.bias).item() == pytest.approx(1.0)
+    spread = normalised_spread(plain)
+    assert spread > 0.5  # a last BatchNorm spreads them over the sphere
+    # the shift dominates: all embeddings near one point, the spread about d x factor^2 = 32 x 0.03^2
+    assert normalised_spread(collapsed) < min(0.05, spread / 10)
+    args = common.parse_args("x", ["--paper"], paper=True, paper_overrides={"collapsed_start": 0.03},
+                             extra=simclr._flags)
+    assert args.collapsed_start == 0.03
+    assert common.parse_args("x", [], paper=True, extra=simclr._flags).collapsed_start == 1
+    with pytest.raises(ValueError, match="no BatchNorm1d"):
+        common.collapsed_start(torch.nn.Linear(4, 4), 0.1)

@@ -59,8 +59,9 @@ def test_modes_are_learned_online_at_the_designed_steps(tmp_path, capsys):
         assert record["confirmed_step"] > record["rise_end_step"]
     assert monitor.modes_learned == 3
     out = capsys.readouterr().out
-    for mode in range(3):
-        assert out.count(f"mode {mode} learned at step") == 1
+    for mode in range(3):  # numbered from 1 in the printed line; the count says how many so far
+        assert out.count(f"mode #{mode + 1} learned at step") == 1
+        assert f"({mode + 1} learned so far)" in out
     # modes_learned goes to the logger, counting up as modes are confirmed
     with open(logger.log_dir + "/metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("stepwise/modes_learned")]
@@ -97,7 +98,8 @@ def test_onsets_survive_checkpoint_resume(tmp_path, capsys):
     assert all(isinstance(r["mode"], int) for r in resumed.onsets)
     assert [r["mode"] for r in resumed.onsets] == [0, 1, 2]
     out = capsys.readouterr().out
-    assert "mode 2 learned" in out and "mode 0 learned" not in out and "mode 1 learned" not in out
+    assert "mode #3 learned" in out and "mode #1 learned" not in out and "mode #2 learned" not in out
+    assert "(3 learned so far)" in out
 
 
 def test_figure_is_logged_to_tensorboard(tmp_path):

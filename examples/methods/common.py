@@ -44,12 +44,16 @@ def _interval(text: str) -> int | str:
 
 
 def parse_args(description: str, argv: Sequence[str] | None = None, *, paper: bool = False,
-               paper_overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+               paper_overrides: dict[str, Any] | None = None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The flags every method example takes (and, with ``paper``, ``--paper``, ``--projector-dim``, ``--lr``).
 
-    ``paper_overrides`` changes the ``--paper`` preset for one method (e.g. more steps).
+    ``paper_overrides`` changes the ``--paper`` preset for one method (e.g. more steps); ``extra`` adds one
+    example's own flags to the parser.
     """
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     preset = {**PAPER, **(paper_overrides or {})}
     if paper:
         parser.add_argument("--paper", action="store_true",
@@ -129,6 +133,28 @@ def small_init(module: nn.Module, factor: float) -> nn.Module:
                 if isinstance(layer, (nn.Conv2d, nn.Linear)):
                     layer.weight.mul_(factor)
     return module
+
+
+def collapsed_start(head: nn.Module, factor: float, offset: float = 1.0, seed: int = 0) -> nn.Module:
+    """Start a head that ends in a BatchNorm with its outputs near one point: the small initialisation of a
+    loss that L2-normalises its inputs (NT-Xent, ...).
+
+    Scaling weights down changes nothing there (the normalisation undoes any scale, and a last BatchNorm
+    standardises its outputs anyway). Instead the last BatchNorm's scale is multiplied by ``factor`` and its
+    shift set to a fixed random vector of norm ``offset``: every image starts at almost the same point of
+    the sphere, and each direction the loss spreads them along grows from near zero, as in the paper's
+    small-initialisation runs. ``factor`` 1 leaves the head as it is.
+    """
+    if factor != 1.0:
+        norms = [m for m in head.modules() if isinstance(m, nn.BatchNorm1d)]
+        if not norms:
+            raise ValueError(f"{type(head).__name__} has no BatchNorm1d to start collapsed")
+        last = norms[-1]
+        with torch.no_grad():
+            shift = torch.randn(last.num_features, generator=torch.Generator().manual_seed(seed))
+            last.bias.copy_(offset * shift / shift.norm())
+            last.weight.mul_(factor)
+    return head
 
 
 # ---------------------------------------------------------------------- data

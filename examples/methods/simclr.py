@@ -5,15 +5,26 @@ L2-normalised embeddings, measures the spectrum of the normalised embeddings.
 
     python examples/methods/simclr.py                             # embedded digits, ResNet-18
     python examples/methods/simclr.py --data stl10 --download --input-size 96
+    python examples/methods/simclr.py --paper                     # the paper's experiment, embeddings start collapsed
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from common import backbone, parse_args, probe_loaders, small_init, ssl_loader, summarize, trainer_options
+from common import (
+    backbone,
+    collapsed_start,
+    parse_args,
+    probe_loaders,
+    small_init,
+    ssl_loader,
+    summarize,
+    trainer_options,
+)
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
@@ -46,10 +57,18 @@ class SimCLR(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collapsed-start", type=float, default=1.0, metavar="FACTOR",
+                        help="start the embeddings near one point: the projection head's last BatchNorm scale times "
+                             "FACTOR and a fixed shift of norm 1 (the small initialisation of a normalising loss; "
+                             "--paper: 0.03; 1: off)")
+
+
 def main(argv: Sequence[str] | None = None) -> pl.Trainer:
-    args = parse_args(__doc__, argv, paper=True)
+    args = parse_args(__doc__, argv, paper=True, paper_overrides={"collapsed_start": 0.03}, extra=_flags)
     pl.seed_everything(args.seed)
     model = small_init(SimCLR(*backbone(args.backbone, args.tiny_width), args.projector_dim, args.lr), args.small_init)
+    collapsed_start(model.projection_head, args.collapsed_start)
     monitor, probe = StepwiseMonitor(every_n_steps=args.every_n_steps), LinearProbe(*probe_loaders(args))
     trainer = pl.Trainer(callbacks=[monitor, probe], **trainer_options(args))
     transform = SimCLRTransform(input_size=args.input_size, gaussian_blur=0.0, min_scale=args.min_scale)

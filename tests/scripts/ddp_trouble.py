@@ -42,6 +42,22 @@ def embeddings(pl_module, batch):
     return rows
 
 
+def pair_embeddings(pl_module, batch):
+    """Both views stacked (16 rows), as the cross-correlation needs; rank 1: the same trouble as above."""
+    rows = torch.cat([pl_module._embed(batch[0][0]), pl_module._embed(batch[0][1])])
+    if pl_module.global_rank == 1:
+        trouble = TROUBLE.get(pl_module.global_step)
+        if trouble == "no_rows":
+            return rows[:0]
+        if trouble == "width":
+            return torch.cat([rows, rows[:, :1]], dim=1)
+        if trouble == "non_finite":
+            return rows * float("nan")
+        if trouble == "odd_rows":
+            return rows[:3]
+    return rows
+
+
 def features(module, inputs):
     if module.global_rank == 1 and module.global_step > 0:  # set-up checks pass; the probes in training fail
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated on rank 1)")
@@ -68,7 +84,7 @@ def main(out_dir: str) -> None:
     monitors = [
         StepwiseMonitor(embedding_fn=embeddings, every_n_steps=4, window=16, name="moments"),  # 1 batch (2 x 8)
         StepwiseMonitor(embedding_fn=embeddings, every_n_steps=4, window=4, name="gram"),      # 4 < 8: kept rows
-        StepwiseMonitor(embedding_fn=embeddings, every_n_steps=4, window=16, name="cross",
+        StepwiseMonitor(embedding_fn=pair_embeddings, every_n_steps=4, window=16, name="cross",
                         spectrum="cross_correlation"),
     ]
     g = torch.Generator().manual_seed(1)
