@@ -288,6 +288,9 @@ class StepwiseMonitor(Callback):
         (10, 64)
     """
 
+    explain_empty_runs: bool = True
+    """At fit end, when a tracking point learned no mode, print why and what to change (with ``verbose``)."""
+
     def __init__(
         self,
         module: ModuleSpec | Sequence[ModuleSpec] | None = None,
@@ -594,6 +597,26 @@ class StepwiseMonitor(Callback):
         if summary and trainer.is_global_zero:
             where = f" (see {self.output_dir / 'problems.json'})" if self.output_dir is not None else ""
             print_line(trainer, summary + where)
+        if self.verbose and self.explain_empty_runs and trainer.is_global_zero and self.tracker is not None:
+            self._explain_no_modes(trainer)
+
+    def _explain_no_modes(self, trainer: Any) -> None:
+        """Say why a tracking point learned no mode, and what to change, rather than leave a silent zero."""
+        from lightning_stepwise.report import explain_no_onsets
+
+        for name in self.tracker.point_names:
+            if self.tracker.modes_learned(name):
+                continue
+            history = self.tracker.history(name)
+            if not len(history.get("step", ())):
+                continue
+            try:
+                reason = explain_no_onsets(history, self.onset_options)
+            except Exception as err:  # never fail a finished fit over an explanation
+                reason = f"the history could not be examined ({type(err).__name__}: {err})"
+            if reason:
+                point = f" at `{name}`" if len(self.tracker.point_names) > 1 else ""
+                print_line(trainer, f"StepwiseMonitor: no mode learned{point}. Why: {reason}")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         try:

@@ -484,3 +484,13 @@ def test_the_learned_mode_line_numbers_modes_from_one_and_counts_them_so_far(cap
                               partial=False)
     monitor._announce(SimpleNamespace(is_global_zero=True, progress_bar_callback=None), measurement)
     assert capsys.readouterr().out == "StepwiseMonitor: mode #3 learned at step 275, epoch 37 (3 learned so far)\n"
+
+
+def test_a_run_that_learns_no_mode_says_why_at_fit_end(tmp_path, capsys):
+    monitor = StepwiseMonitor(every_n_steps=2, window=16, save_figure=False)
+    trainer = pl.Trainer(max_steps=6, callbacks=[monitor], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(make_ssl_module(), pair_loader())
+    out = capsys.readouterr()
+    assert monitor.modes_learned == 0
+    assert "StepwiseMonitor: no mode learned. Why: too few measurements" in out.out + out.err

@@ -241,7 +241,7 @@ def summarize(trainer: Any, monitor: StepwiseMonitor, probe: LinearProbe) -> Non
     print()
     print(f"{monitor.modes_learned} modes learned; the monitor tracked "
           f"{', '.join(point.describe() for point in monitor.tracking_points)}.")
-    print(format_onset_table(monitor.onsets))
+    print(format_onset_table(monitor.onsets, ordinal=True))  # #1 is mode 0 in onsets.csv
     if probe.results:
         print(f"linear probe of the backbone: top-1 {probe.results[-1]['top1']:.1%} on the validation split")
     print(f"files: {monitor.output_dir}")
