@@ -454,7 +454,7 @@ def explain_no_onsets(
         longer = (f"train longer: {2 * needed} measurements every {interval:.0f} steps take "
                   f"{2 * needed * interval:.0f} steps") if rows > 1 else "train for more steps"
         every = max(int(span // (2 * needed)), 1)
-        if span > 0 and every < interval:
+        if span > 0 and every < interval and int(span // every) + 1 >= needed:  # else only a longer run helps
             return (f"{text} Measure more often: every {every} steps gives {int(span // every) + 1} measurements "
                     f"over these {span:.0f} steps (StepwiseMonitor(every_n_steps={every}), the demo's "
                     f"--every-n-steps {every}); or {longer}.")
