@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and the API docs see; at run time, __getattr__ below imports on first use
+    from lightning_stepwise.atlas_callback import ModeAtlas
     from lightning_stepwise.capture import NoEmbeddingFoundError
     from lightning_stepwise.linear_probe import LinearProbe
     from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # what type checkers and the API docs see; at run time, __get
 _SOURCES: dict[str, str] = {
     "NoEmbeddingFoundError": "capture",
     "LinearProbe": "linear_probe",
+    "ModeAtlas": "atlas_callback",
     "detect_loss_steps": "loss_steps",
     "match_loss_drops": "loss_steps",
     "ModeMatcher": "mode_identity",
@@ -99,6 +101,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "LinearProbe",
+    "ModeAtlas",
     "LinearSSLTheory",
     "ModeMatcher",
     "NoEmbeddingFoundError",
