@@ -1,4 +1,4 @@
-"""The ``lightning-stepwise`` command: the demo, the report of a recorded run, the probe of a checkpoint.
+"""The ``lightning-stepwise`` command: the demo, the report of a recorded run, the probe and atlas of a checkpoint.
 
 Parsing imports nothing heavy: torch, Lightning and the package's modules that need them are imported
 inside the command that runs, so ``--help`` and ``--version`` answer at once.
@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["build_parser", "main", "package_version", "parse_interval"]
+__all__ = ["build_parser", "main", "package_version", "parse_interval", "positive_int"]
 
 DESCRIPTION = """\
 See the stepwise learning of self-supervised models: the eigenvalues of the
@@ -29,7 +29,11 @@ commands:
           spectrum*.npz (other detection options if you like); print the
           table, or why no mode was learned; redraw stepwise.png
   probe   linear probe of a checkpoint's backbone features on a labelled
-          dataset (top-1 accuracy, and per number of eigen-directions kept)"""
+          dataset (top-1 accuracy, and per number of eigen-directions kept)
+  atlas   what each leading mode of a checkpoint's features means: per mode,
+          the image statistic (brightness, contrast, edges, colour) and the
+          class it follows; write modes.csv and atlas.png (the images at both
+          ends of each mode)"""
 
 EPILOG = """\
 examples:
@@ -38,6 +42,7 @@ examples:
   lightning-stepwise report stepwise-demo/logs          # every run under it
   lightning-stepwise report stepwise-demo/logs --min-rise 5
   lightning-stepwise probe stepwise-demo/checkpoints/last.ckpt --output probe
+  lightning-stepwise atlas stepwise-demo/checkpoints/last.ckpt --modes 8
 
 'lightning-stepwise COMMAND --help' lists a command's options."""
 
@@ -112,6 +117,26 @@ def parse_interval(text: str) -> int | str:
     return value
 
 
+def positive_int(text: str) -> int:
+    """A command-line count: a whole number >= 1.
+
+    Examples:
+        >>> positive_int("8")
+        8
+        >>> positive_int("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a whole number >= 1, got '0'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _wrapped(text: str, indent: str = "  ") -> str:
     return textwrap.fill(text, width=110, initial_indent=indent, subsequent_indent=indent)
 
@@ -178,18 +203,80 @@ def _load_class(spec: str) -> type:
     module_name, _, class_name = spec.partition(":")
     if not class_name:
         raise ValueError(f"--module-class must look like package.module:ClassName, got {spec!r}")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--module-class {spec}: cannot import {module_name} ({err}); is its package installed "
+                         "or on PYTHONPATH?") from err
+    if not hasattr(module, class_name):
+        raise ValueError(f"--module-class {spec}: {module_name} has no {class_name}")
+    return getattr(module, class_name)
 
 
-def _probe_loaders(args: argparse.Namespace) -> tuple[object, object]:
-    from lightning_stepwise.data import digits_probe_loaders
+def _checkpoint_contents(path: Any) -> str | None:
+    """What a checkpoint says about the module it holds, as the start of an error message.
 
+    Its class path (LightningCLI saves one), else its hyper-parameters and top-level submodules; None
+    when it cannot be read as a checkpoint.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable as a checkpoint, whatever the reason
+        return None
+    if not isinstance(checkpoint, dict):
+        return None
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if class_path:
+        return f"the checkpoint holds a {class_path} (as --module-class: {class_path.rpartition('.')[0]}:" \
+               f"{class_path.rpartition('.')[2]}); "
+    parts = []
+    if isinstance(hparams, dict) and hparams:
+        parts.append("hyper-parameters " + ", ".join(f"{k}={v!r}" for k, v in hparams.items()))
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and state:
+        parts.append("submodules " + ", ".join(dict.fromkeys(str(k).split(".")[0] for k in state)))
+    return f"the checkpoint holds a module with {' and '.join(parts)}; " if parts else ""
+
+
+def _load_module(checkpoint: Any, spec: str) -> Any:
+    """The LightningModule ``spec`` (``package.module:ClassName``) loaded from ``checkpoint`` on the CPU.
+
+    Raises ValueError with the fix when the class cannot be imported or the checkpoint is of another class.
+    """
+    module_class = _load_class(spec)
+    if not hasattr(module_class, "load_from_checkpoint"):
+        raise ValueError(f"--module-class {spec} is not a LightningModule (no load_from_checkpoint)")
+    try:
+        return module_class.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any load failure has the same fix
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if len(reason) > 300:
+            reason = reason[:300] + "..."
+        contents = _checkpoint_contents(checkpoint)
+        if contents is None:
+            raise ValueError(f"cannot read {checkpoint} as a Lightning checkpoint ({type(err).__name__}: {reason}); "
+                             "pass a .ckpt written by Trainer.save_checkpoint or ModelCheckpoint") from err
+        raise ValueError(f"cannot load {checkpoint} as {spec} ({type(err).__name__}: {reason}); {contents}pass "
+                         "the LightningModule class it was saved from with --module-class package.module:ClassName"
+                         ) from err
+
+
+def _labelled_dataset(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The labelled images of ``--data`` at ``--image-size`` / ``--channels``, and whether classes are mixed.
+
+    The digits come with classes mixed; an ImageFolder's files come grouped by class.
+    """
     if args.data == "digits":
-        return digits_probe_loaders(size=args.image_size, channels=args.channels, val_fraction=args.val_fraction)
+        from torch.utils.data import TensorDataset
+
+        from lightning_stepwise.data import load_digits_images
+
+        return TensorDataset(*load_digits_images(args.image_size, args.channels)), True
     from pathlib import Path
 
-    import torch
-    from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
     root = Path(args.data)
@@ -199,8 +286,23 @@ def _probe_loaders(args: argparse.Namespace) -> tuple[object, object]:
     steps = [transforms.Resize((args.image_size, args.image_size)), transforms.ToTensor()]
     if args.channels == 1:
         steps.insert(0, transforms.Grayscale())
-    dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    return datasets.ImageFolder(str(root), transform=transforms.Compose(steps)), False
+
+
+def _fixed_order(size: int) -> list[int]:
+    """The seeded shuffle of ``range(size)`` that the probe's split and the atlas's sample share."""
+    import torch
+
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def _probe_loaders(args: argparse.Namespace) -> tuple[object, object]:
+    from torch.utils.data import DataLoader, Subset
+
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    dataset, _ = _labelled_dataset(args)
+    order = _fixed_order(len(dataset))
     cut = int(round(len(order) * (1 - args.val_fraction)))
     return (DataLoader(Subset(dataset, order[:cut]), batch_size=256),
             DataLoader(Subset(dataset, order[cut:]), batch_size=256))
@@ -217,9 +319,9 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"lightning-stepwise probe: no checkpoint at {checkpoint}", file=sys.stderr)
         return 2
     try:
-        module_class = _load_class(args.module_class)
+        module = _load_module(checkpoint, args.module_class)
         train, val = _probe_loaders(args)
-        result = linear_probe(str(checkpoint), train, val, module_class=module_class, method=args.method, c=args.c)
+        result = linear_probe(module, train, val, method=args.method, c=args.c)
     except (ValueError, ImportError, AttributeError, RuntimeError, KeyError) as err:
         print(f"lightning-stepwise probe: {err}", file=sys.stderr)
         return 2
@@ -234,12 +336,84 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _atlas_images(args: argparse.Namespace) -> tuple[Any, Any, int]:
+    """The first ``--max-images`` images of ``--data`` (a tensor), their labels, and the size of the set.
+
+    The labels are None with fewer than two classes. The digits are taken in their own order (classes
+    mixed); an ImageFolder, whose files come grouped by class, in the probe's fixed shuffled order, so
+    that the first N images span the classes.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    dataset, mixed = _labelled_dataset(args)
+    total = len(dataset)
+    n = min(args.max_images, total)
+    if isinstance(dataset, TensorDataset):
+        images, labels = (t[:n] for t in dataset.tensors)
+    else:
+        order = list(range(total)) if mixed else _fixed_order(total)
+        batches = list(DataLoader(Subset(dataset, order[:n]), batch_size=256))
+        if not batches:
+            raise ValueError(f"--data {args.data} holds no images")
+        images = torch.cat([b[0] for b in batches])
+        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
+    if len(torch.unique(labels)) < 2:
+        labels = None
+    return images, labels, total
+
+
+def _atlas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    def fail(message: str) -> int:
+        print(f"lightning-stepwise atlas: {message}", file=sys.stderr)
+        return 2
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        return fail(f"no checkpoint at {checkpoint}")
+    output = Path(args.output) if args.output is not None else checkpoint.parent / "atlas"
+    try:
+        images, labels, total = _atlas_images(args)
+        n = len(images)
+        if n < args.modes + 1:
+            cap = "" if n == total else f" (--max-images {args.max_images} of the {total} in --data {args.data})"
+            return fail(f"--modes {args.modes} needs at least {args.modes + 1} images (modes + 1), got {n}{cap}; "
+                        f"pass a smaller --modes (at most {max(n - 1, 0)})"
+                        + (f" or a larger --max-images (at most {total})" if total > n else " or more images"))
+        module = _load_module(checkpoint, args.module_class)
+    except (ValueError, ImportError, AttributeError, RuntimeError, KeyError, OSError) as err:
+        return fail(str(err))
+    try:
+        module.get_submodule(args.point)
+    except AttributeError:
+        names = [name for name, _ in module.named_children()]
+        return fail(f"--point {args.point!r}: no such submodule in {type(module).__name__}; it has {names} "
+                    "(a dotted path such as 'backbone.0' reaches inside one); pass one of them with --point")
+    from lightning_stepwise.atlas import mode_atlas
+    from lightning_stepwise.probe import point_features
+
+    try:
+        atlas = mode_atlas(module, images, k=args.modes, labels=labels, per_side=args.per_side,
+                           output_dir=output, feature_fn=point_features(args.point))
+    except ValueError as err:
+        return fail(str(err))
+    print(f"Mode atlas of {checkpoint} at `{args.point}`: {n} images, {args.modes} modes")
+    print(atlas.table())
+    if atlas.left_out:
+        print(f"left out (the images have {images.shape[1]} channel{'s' if images.shape[1] != 1 else ''}): "
+              + ", ".join(atlas.left_out))
+    print(f"wrote {atlas.csv_path}, {atlas.figure_path}")
+    return 0
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``lightning-stepwise`` command and its ``demo``, ``report`` and ``probe`` commands.
+    """The parser of the ``lightning-stepwise`` command and its ``demo``, ``report``, ``probe`` and ``atlas`` commands.
 
     Building it imports no torch or Lightning (only the onset options' defaults, with NumPy).
 
@@ -254,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"lightning-stepwise {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     help="demo, report or probe (above); 'lightning-stepwise COMMAND --help' "
+                                     help="demo, report, probe or atlas (above); 'lightning-stepwise COMMAND --help' "
                                           "lists its options")
 
     demo = commands.add_parser(
@@ -334,6 +508,45 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--output", default=None, metavar="DIR",
                        help="folder for probe.csv, probe_modes.csv and probe_modes.png (default: none written)")
     probe.set_defaults(run=_probe)
+
+    atlas = commands.add_parser(
+        "atlas", formatter_class=_HelpFormatter,
+        description=_paragraph(
+            "What each leading mode of a checkpoint's features means. Runs the model (the demo's, or your "
+            "LightningModule's with --module-class) on the first --max-images images of a dataset, takes the "
+            "output of the submodule --point, projects it on the leading eigen-directions of its covariance "
+            "(the modes), and relates each mode to simple image statistics (brightness, contrast, edge energy; "
+            "colour for 3-channel images) and to the classes. Prints one row per mode; writes modes.csv and "
+            "atlas.png (the images at both ends of each mode). A correlation is a hint, not a proof."),
+        epilog="examples:\n  lightning-stepwise atlas stepwise-demo/checkpoints/last.ckpt\n"
+               "  lightning-stepwise atlas stepwise-demo/checkpoints/last.ckpt --point backbone --modes 4\n"
+               "  lightning-stepwise atlas run.ckpt --module-class my_package.models:MyBYOL \\\n"
+               "      --data images/ --image-size 32 --channels 3 --output atlas-run")
+    atlas.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")
+    atlas.add_argument("--module-class", default="lightning_stepwise.demo:DigitsBarlowTwins",
+                       metavar="MODULE:CLASS", help="package.module:ClassName of the LightningModule it holds")
+    atlas.add_argument("--data", default="digits", metavar="digits|DIR",
+                       help="'digits' (embedded, offline) or a folder of class sub-folders (torchvision "
+                            "ImageFolder); the labels give the class columns")
+    atlas.add_argument("--image-size", type=positive_int, default=16, metavar="PIXELS",
+                       help="side of the square images fed to the model (the demo's: 16)")
+    atlas.add_argument("--channels", type=int, choices=[1, 3], default=1,
+                       help="image channels the model takes: 1 (grayscale, as the demo's) or 3 (adds the "
+                            "colour statistics)")
+    atlas.add_argument("--point", default="projection_head", metavar="SUBMODULE",
+                       help="dotted path of the submodule whose output is the feature: the point StepwiseMonitor "
+                            "tracks, whose modes it counts (StepwiseMonitor(module=...); in Lightly's models the "
+                            "embeddings fed to the loss come out of 'projection_head'), or e.g. 'backbone'")
+    atlas.add_argument("--modes", type=positive_int, default=8, metavar="K",
+                       help="number of leading modes to describe (needs at least K + 1 images)")
+    atlas.add_argument("--per-side", type=positive_int, default=8, metavar="N",
+                       help="images shown at each end of a mode in atlas.png")
+    atlas.add_argument("--max-images", type=positive_int, default=2000, metavar="N",
+                       help="use the first N images of the set, always the same ones (an ImageFolder in a fixed "
+                            "shuffled order, so that they span the classes)")
+    atlas.add_argument("--output", default=None, metavar="DIR",
+                       help="folder for modes.csv and atlas.png (default: atlas/ next to the checkpoint)")
+    atlas.set_defaults(run=_atlas)
     return parser
 
 
