@@ -46,6 +46,7 @@ __all__ = [
     "image_descriptors",
     "mode_atlas",
     "mode_coordinates",
+    "model_features",
     "plot_atlas",
     "write_modes_csv",
 ]
@@ -667,8 +668,19 @@ def _default_features(module: nn.Module, x: Tensor) -> Tensor:
     return module(x).flatten(1)
 
 
-def _model_features(module: nn.Module, images: Tensor, feature_fn: FeatureFn, batch_size: int) -> Tensor:
-    """Features of ``images`` in batches, in eval mode, without gradients; training modes restored."""
+def model_features(module: nn.Module, images: Tensor, feature_fn: FeatureFn | None = None,
+                   batch_size: int = 256) -> Tensor:
+    """Features of ``images`` in batches, in eval mode, without gradients; training modes restored.
+
+    ``feature_fn(module, images)`` (default: the module's output, flattened) must return ``(batch, d)``.
+    The result is float64 on the CPU.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> model_features(net, torch.rand(5, 1, 4, 4), batch_size=2).shape
+        torch.Size([5, 3])
+    """
+    feature_fn = feature_fn or _default_features
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     was_training = {m: m.training for m in module.modules()}
@@ -753,7 +765,7 @@ def mode_atlas(
         raise ValueError(f"per_side must be an integer >= 1 (images shown at each end of a mode), got {per_side!r}")
     if isinstance(features_or_model, nn.Module):
         source = images if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
-        features = _model_features(features_or_model, source, feature_fn or _default_features, batch_size)
+        features = model_features(features_or_model, source, feature_fn, batch_size)
     else:
         if feature_fn is not None:
             raise ValueError("feature_fn is only used with a model; pass the model instead of features, "
