@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lightning_stepwise.atlas import Atlas, mode_atlas, plot_atlas
 from lightning_stepwise.lightning_compat import Callback, cuda_devices, default_output_dir, log_figure, print_line
-from lightning_stepwise.monitor import find_monitor
+from lightning_stepwise.monitor import find_monitor, learned_since
 from lightning_stepwise.probe import point_features
 from lightning_stepwise.problems import StepwiseWarning
 
@@ -97,9 +97,9 @@ class ModeAtlas(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.on_new_mode:
             return
-        monitor = find_monitor(trainer)
-        if monitor is not None and monitor.modes_learned > self._modes_seen:
-            self._modes_seen = monitor.modes_learned
+        learned = learned_since(trainer, self._modes_seen)
+        if learned is not None:
+            self._modes_seen = learned
             self._draw(trainer, pl_module, f"mode_{self._modes_seen}")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

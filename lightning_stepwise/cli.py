@@ -109,12 +109,9 @@ def parse_interval(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1 or 'auto', got {text!r}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 1 or 'auto', got {text!r}") from None
 
 
 def positive_int(text: str) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_stepwise.distributed import all_reduce_sum
 from lightning_stepwise.lightning_compat import Callback, cuda_devices, default_output_dir, logging_step
-from lightning_stepwise.monitor import find_monitor
+from lightning_stepwise.monitor import find_monitor, learned_since
 from lightning_stepwise.probe import extract_features, fit_linear_probe, point_features, split_labelled_batch
 from lightning_stepwise.problems import ProblemCounter
 from lightning_stepwise.report import save_probe, save_problems
@@ -170,9 +170,9 @@ class LinearProbe(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.on_new_mode:
             return
-        monitor = find_monitor(trainer)
-        if monitor is not None and monitor.modes_learned > self._modes_seen:
-            self._modes_seen = monitor.modes_learned
+        learned = learned_since(trainer, self._modes_seen)
+        if learned is not None:
+            self._modes_seen = learned
             self._probe(trainer, pl_module, "new_mode", with_modes=False)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

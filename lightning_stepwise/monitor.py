@@ -66,6 +66,20 @@ def find_monitor(trainer: Any) -> StepwiseMonitor | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, StepwiseMonitor)), None)
 
 
+def learned_since(trainer: Any, seen: int) -> int | None:
+    """The Trainer's monitor's count of learned modes when it has grown past ``seen``, else None.
+
+    What callbacks that act on each newly learned mode (the probe, the atlas) check after a batch.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> learned_since(SimpleNamespace(callbacks=[]), 0) is None  # no monitor: never
+        True
+    """
+    monitor = find_monitor(trainer)
+    return monitor.modes_learned if monitor is not None and monitor.modes_learned > seen else None
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 

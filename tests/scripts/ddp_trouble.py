@@ -26,9 +26,8 @@ pl = pl_namespace("lightning.pytorch")
 TROUBLE = {0: "no_rows", 4: "width", 8: "non_finite", 12: "odd_rows"}  # step -> what rank 1 returns
 
 
-def embeddings(pl_module, batch):
-    """Rank 0: the head's output for the first view (8 rows of width 8); rank 1: trouble at some steps."""
-    rows = pl_module._embed(batch[0][0])
+def with_trouble(pl_module, rows):
+    """Rank 1 turns ``rows`` into the trouble of the step (see TROUBLE); other steps and ranks keep them."""
     if pl_module.global_rank == 1:
         trouble = TROUBLE.get(pl_module.global_step)
         if trouble == "no_rows":
@@ -40,22 +39,16 @@ def embeddings(pl_module, batch):
         if trouble == "odd_rows":
             return rows[:3]
     return rows
+
+
+def embeddings(pl_module, batch):
+    """The head's output for the first view (8 rows of width 8), with rank 1's trouble."""
+    return with_trouble(pl_module, pl_module._embed(batch[0][0]))
 
 
 def pair_embeddings(pl_module, batch):
-    """Both views stacked (16 rows), as the cross-correlation needs; rank 1: the same trouble as above."""
-    rows = torch.cat([pl_module._embed(batch[0][0]), pl_module._embed(batch[0][1])])
-    if pl_module.global_rank == 1:
-        trouble = TROUBLE.get(pl_module.global_step)
-        if trouble == "no_rows":
-            return rows[:0]
-        if trouble == "width":
-            return torch.cat([rows, rows[:, :1]], dim=1)
-        if trouble == "non_finite":
-            return rows * float("nan")
-        if trouble == "odd_rows":
-            return rows[:3]
-    return rows
+    """Both views stacked (16 rows), as the cross-correlation needs, with rank 1's trouble."""
+    return with_trouble(pl_module, torch.cat([pl_module._embed(batch[0][0]), pl_module._embed(batch[0][1])]))
 
 
 def features(module, inputs):
