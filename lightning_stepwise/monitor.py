@@ -7,10 +7,7 @@ measuring (windows, statistics, eigensolves, history, onsets, checkpoint state) 
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -27,10 +24,9 @@ from lightning_stepwise.capture import (
     NoEmbeddingFoundError,
     TrackingPoint,
     batch_size_of,
-    describe_batch,
     find_tracking_points,
-    suggest_embedding_fn,
 )
+from lightning_stepwise.embedding_suggestion import describe_batch, suggest_embedding_fn
 from lightning_stepwise.embedding_tap import EmbeddingTap
 from lightning_stepwise.history import SpectrumHistory
 from lightning_stepwise.lightning_compat import (
@@ -44,11 +40,11 @@ from lightning_stepwise.lightning_compat import (
     print_line,
     total_steps,
 )
-from lightning_stepwise.onset_core import DEFAULT_ONSET_OPTIONS, check_onset_options
+from lightning_stepwise.monitor_options import _given, check_monitor_options
 from lightning_stepwise.problems import StepwiseWarning
 from lightning_stepwise.report import final_onset_table, save_problems, write_run_files
 from lightning_stepwise.theory import TheoryPrediction
-from lightning_stepwise.tracker import SPECTRA, Measurement, PointSpec, SpectrumTracker
+from lightning_stepwise.tracker import Measurement, PointSpec, SpectrumTracker
 
 __all__ = ["StepwiseMonitor", "StepwiseWarning", "find_monitor"]
 
@@ -91,142 +87,6 @@ def _module_key(module: Any) -> Any:
     if isinstance(module, (list, tuple)) and any(isinstance(m, nn.Module) for m in module):
         return [_module_key(m) for m in module]
     return module
-
-
-# ------------------------------------------------------------------ argument checks
-
-def _given(value: Any) -> str:
-    """What a user passed, for an error message: a short repr and its type (only the type for long reprs)."""
-    kind = type(value).__name__
-    if isinstance(value, Tensor):
-        return f"a Tensor of shape {tuple(value.shape)}"
-    text = repr(value)
-    if text.startswith("<") or "\n" in text:
-        return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({kind})"
-
-
-def _is_instance_named(value: Any, *names: str) -> bool:
-    """Whether a class named one of ``names`` is among ``value``'s bases (no import of optional packages)."""
-    return any(cls.__name__ in names for cls in type(value).__mro__)
-
-
-def _integer(name: str, value: Any, low: int, meaning: str, example: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        whole = isinstance(value, float) and value.is_integer()
-        raise TypeError(f"StepwiseMonitor({name}=...) takes an int >= {low} ({meaning}); got {_given(value)}. "
-                        f"E.g. {name}={int(value) if whole and value >= low else example}")
-    if value < low:
-        raise ValueError(f"StepwiseMonitor({name}=...) takes an int >= {low} ({meaning}); got {_given(value)}. "
-                         f"E.g. {name}={example}")
-    return int(value)
-
-
-def _boolean(name: str, value: Any, meaning: str, *, optional: bool = False) -> bool | None:
-    if optional and value is None:
-        return None
-    if not isinstance(value, (bool, np.bool_)):
-        accepted = "True, False or None" if optional else "True or False"
-        raise TypeError(f"StepwiseMonitor({name}=...) takes {accepted} ({meaning}); got {_given(value)}")
-    return bool(value)
-
-
-def _choice(name: str, value: Any, choices: Sequence[str], meaning: str) -> str:
-    if isinstance(value, str) and value in choices:
-        return value
-    close = difflib.get_close_matches(value.lower().replace("-", "_").replace(" ", "_"), list(choices), n=1,
-                                      cutoff=0.5) if isinstance(value, str) else []
-    mean = f" Did you mean {name}={close[0]!r}?" if close else ""
-    error = ValueError if isinstance(value, str) else TypeError
-    raise error(f"StepwiseMonitor({name}=...) takes one of {', '.join(repr(c) for c in choices)} ({meaning}); got "
-                f"{_given(value)}.{mean}")
-
-
-def _check_module(module: Any) -> None:
-    """``module=``: None, a dotted path, a submodule, or a non-empty list or tuple of paths and submodules."""
-    usage = ("StepwiseMonitor(module=...) takes a module path like 'projection_head', a submodule of your model "
-             "(an nn.Module), or a list of them")
-    if module is None:
-        return
-    items = list(module) if isinstance(module, (list, tuple)) else [module]
-    if not items:
-        raise ValueError(f"{usage}; got an empty {type(module).__name__}. Leave module out (None) to let the "
-                         "monitor find the embeddings itself")
-    for item in items:
-        within = "" if item is module else f" in the {type(module).__name__}"
-        if isinstance(item, str):
-            if not item.strip():
-                raise ValueError(f"{usage}; got an empty path{within}. Leave module out (None) to let the monitor "
-                                 "find the embeddings itself")
-            continue
-        if isinstance(item, nn.Module):
-            if _is_instance_named(item, "LightningModule"):
-                raise TypeError(f"{usage}; got the LightningModule itself ({type(item).__name__}){within}. The "
-                                "monitor gets the model from trainer.fit(model, ...): pass one of its submodules, "
-                                "e.g. module='projection_head', or nothing to let it find the embeddings")
-            continue
-        if _is_instance_named(item, "DataLoader", "LightningDataModule", "Dataset", "IterableDataset"):
-            hint = (" Did you mean LinearProbe(train_loader, val_loader)? Data go to trainer.fit(model, train_loader) "
-                    "and to the probe; StepwiseMonitor() finds the embeddings in the model itself")
-        elif isinstance(item, Tensor):
-            hint = (" Pass the module that makes these embeddings (its dotted path), or "
-                    "embedding_fn=lambda pl_module, batch: ... returning them")
-        elif callable(item):
-            hint = (" Did you mean embedding_fn=...? It takes a function called as embedding_fn(pl_module, batch) "
-                    "that returns the embeddings")
-        else:
-            hint = " Leave module out to let the monitor find the embeddings itself"
-        raise TypeError(f"{usage}; got {_given(item)}{within}.{hint}")
-
-
-def _check_embedding_fn(fn: Any) -> None:
-    if fn is None:
-        return
-    usage = ("StepwiseMonitor(embedding_fn=...) takes a function called as embedding_fn(pl_module, batch) that "
-             "returns the embeddings, a (batch, dim) tensor")
-    example = "embedding_fn=lambda pl_module, batch: pl_module.backbone(batch[0][0]).flatten(1)"
-    if isinstance(fn, str):
-        raise TypeError(f"{usage}; got {_given(fn)}. Did you mean module={fn!r}?")
-    if isinstance(fn, nn.Module):
-        raise TypeError(f"{usage}; got {_given(fn)} (a module). To track a module's output, pass module=... (its "
-                        f"dotted path or the submodule itself); or wrap it: {example}")
-    if not callable(fn):
-        raise TypeError(f"{usage}; got {_given(fn)}. E.g. {example}")
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin without a signature: called and counted if it fails
-        return
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        name = getattr(fn, "__name__", type(fn).__name__)
-        raise TypeError(f"{usage}; `{name}{signature}` cannot be called with those two arguments. E.g. "
-                        f"{example}") from None
-
-
-def _check_onset_options(options: Any) -> dict[str, Any]:
-    if options is None:
-        return {}
-    known = ", ".join(DEFAULT_ONSET_OPTIONS)
-    if not isinstance(options, Mapping):
-        raise TypeError(f"StepwiseMonitor(onset_options=...) takes a dict of detection options ({known}), e.g. "
-                        f"onset_options={{'min_rise': 10.0}}; got {_given(options)}")
-    for key, value in options.items():
-        if key not in DEFAULT_ONSET_OPTIONS:
-            close = difflib.get_close_matches(str(key), list(DEFAULT_ONSET_OPTIONS), n=1)
-            mean = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"StepwiseMonitor(onset_options=...): unknown onset options [{key!r}];{mean} known: "
-                             f"{known}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"StepwiseMonitor(onset_options=...): {key} takes a number (default "
-                            f"{DEFAULT_ONSET_OPTIONS[key]}); got {_given(value)}")
-    try:
-        check_onset_options(**options)
-    except ValueError as err:
-        raise ValueError(f"StepwiseMonitor(onset_options=...): {err}") from None
-    return dict(options)
 
 
 class StepwiseMonitor(Callback):
@@ -350,7 +210,7 @@ class StepwiseMonitor(Callback):
         self.spectrum = spectrum
         self.theory = theory
         self.lr_optimizer = lr_optimizer
-        self._validate_init_configuration()
+        check_monitor_options(self)
         self.output_dir: Path | None = None
         """Folder the files were written to, once written."""
         self.tracker: SpectrumTracker | None = None
@@ -364,56 +224,6 @@ class StepwiseMonitor(Callback):
         self._reported_left_out = False
         self._problem_totals: dict[str, int] | None = None
         self._found = False  # whether set-up found the embeddings
-
-    def _validate_init_configuration(self) -> None:
-        """Every argument check in one place, each naming the argument, what was given and what it takes.
-
-        ``TypeError`` for a wrong type, ``ValueError`` for a wrong value; numbers and paths are normalised.
-        """
-        _check_module(self.module)
-        _check_embedding_fn(self.embedding_fn)
-        if self.module is not None and self.embedding_fn is not None:
-            raise ValueError("StepwiseMonitor: give either `module` or `embedding_fn`, not both (embedding_fn "
-                             "replaces the hook on a module)")
-        if not (isinstance(self.every_n_steps, str) and self.every_n_steps == "auto"):
-            if isinstance(self.every_n_steps, str):
-                raise ValueError(f"StepwiseMonitor(every_n_steps=...) takes an int >= 1 or 'auto'; got "
-                                 f"{_given(self.every_n_steps)}. E.g. every_n_steps=50, or every_n_steps='auto'")
-            self.every_n_steps = _integer("every_n_steps", self.every_n_steps, 1,
-                                          "steps between measurements, or 'auto'", 50)
-        for arg, low, meaning, example in (
-                ("window", 2, "embedding rows per measurement", 1024),
-                ("top_k", 1, "eigenvalues kept per measurement", 256),
-                ("mode_directions", 0, "eigen-directions followed by identity; 0 turns identity tracking off", 64),
-                ("log_top_k", 0, "eigenvalues sent to the loggers", 16),
-                ("max_history", 2, "measurements kept in memory", 10_000),
-                ("lr_optimizer", 0, "index in trainer.optimizers of the optimizer that makes effective time", 0)):
-            setattr(self, arg, _integer(arg, getattr(self, arg), low, meaning, example))
-        self.normalize = _boolean("normalize", self.normalize, "L2-normalise the embeddings; None: as the hooked "
-                                  "loss does", optional=True)
-        for arg, meaning in (("prog_bar", "show the effective rank in the progress bar"),
-                             ("strict", "raise instead of warning, counting and skipping"),
-                             ("verbose", "print a line per learned mode"),
-                             ("save_figure", "write stepwise.png at fit end")):
-            setattr(self, arg, _boolean(arg, getattr(self, arg), meaning))
-        dirpath: Any = self.dirpath
-        if dirpath is not None and not isinstance(dirpath, (str, os.PathLike)):
-            raise TypeError(f"StepwiseMonitor(dirpath=...) takes a folder (a str or pathlib.Path) or None for "
-                            f"<trainer.log_dir>/stepwise; got {_given(dirpath)}")
-        self.dirpath = Path(dirpath) if dirpath is not None else None
-        if not isinstance(self.name, str) or not self.name:
-            error = TypeError if not isinstance(self.name, str) else ValueError
-            raise error(f"StepwiseMonitor(name=...) takes a non-empty str (the prefix of logged metric names); got "
-                        f"{_given(self.name)}. E.g. name='stepwise'")
-        self.plot_x = _choice("plot_x", self.plot_x, ("step", "time"), "the x axis of stepwise.png")
-        self.spectrum = _choice("spectrum", self.spectrum, SPECTRA,
-                                "what the eigenvalues are of: the embeddings' covariance, or the two views' "
-                                "cross-correlation")
-        self.onset_options = _check_onset_options(self.onset_options)
-        if self.theory is not None and not isinstance(self.theory, TheoryPrediction):
-            raise TypeError(f"StepwiseMonitor(theory=...) takes a TheoryPrediction or None; got "
-                            f"{_given(self.theory)}. E.g. theory=LinearSSLTheory.from_views(x0, x1).predict(lr=..., "
-                            "W0=...)")
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks: hooks and the module are made again at set-up

@@ -27,11 +27,10 @@ from lightning_stepwise import NoEmbeddingFoundError, StepwiseMonitor, StepwiseW
 from lightning_stepwise.capture import (
     NO_BATCH,
     batch_size_of,
-    describe_batch,
     find_tracking_points,
-    suggest_embedding_fn,
     two_view_problem,
 )
+from lightning_stepwise.embedding_suggestion import describe_batch, suggest_embedding_fn
 from lightning_stepwise.tracker import Measurement, SpectrumTracker
 
 pl = pl_namespace("lightning.pytorch")
