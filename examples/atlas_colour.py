@@ -40,7 +40,7 @@ METHODS_DIR = Path(__file__).resolve().parent / "methods"
 if str(METHODS_DIR) not in sys.path:
     sys.path.insert(0, str(METHODS_DIR))  # the method examples import their shared `common` by name
 
-from common import IMAGENET_NORMALIZE, PAPER, backbone, byol_views, collapsed_start  # noqa: E402
+from common import IMAGENET_NORMALIZE, PAPER, paper_method  # noqa: E402
 
 METHODS = ("barlow_twins", "simclr", "vicreg")
 #: descriptors that count as "colour or brightness" in the summary line
@@ -100,38 +100,6 @@ class Images(Dataset):
 
 
 # ---------------------------------------------------------------------- methods
-
-
-def load_method(name: str) -> Any:
-    """The example module ``examples/methods/<name>.py``."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"example_{name}", METHODS_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build(name: str, min_scale: float) -> tuple[pl.LightningModule, Any, str]:
-    """(model, Lightly transform, what the views are) for one method, as its example builds them."""
-    from lightly.transforms import SimCLRTransform, VICRegTransform
-
-    net, width = backbone("tiny", PAPER["tiny_width"])
-    cls = {"barlow_twins": "BarlowTwins", "simclr": "SimCLR", "vicreg": "VICReg"}[name]
-    model = getattr(load_method(name), cls)(net, width, PAPER["projector_dim"], PAPER["lr"])
-    if name == "barlow_twins":
-        transform = byol_views(SIZE, min_scale)
-        views = "BYOLTransform views 1/2 (crop, flip, colour jitter p=0.8 b/c/s/h 0.4/0.4/0.2/0.1, grey p=0.2, " \
-                "solarize p=0/0.2)"
-    elif name == "simclr":
-        collapsed_start(model.projection_head, 0.03)  # as --paper: the embeddings start near one point
-        transform = SimCLRTransform(input_size=SIZE, gaussian_blur=0.0, min_scale=min_scale)
-        views = "SimCLRTransform (crop, flip, colour jitter p=0.8 b/c/s/h 0.8/0.8/0.8/0.2, grey p=0.2)"
-    else:
-        transform = VICRegTransform(input_size=SIZE, gaussian_blur=0.0, min_scale=min_scale)
-        views = "VICRegTransform (crop, flip, colour jitter p=0.8 b/c/s/h 0.4/0.4/0.2/0.1, grey p=0.2, solarize p=0.1)"
-    return model, transform, views + f", min_scale {min_scale}, no blur"
 
 
 def feature_fn(normalize: bool) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -225,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Atlas]:
 
     for name in args.methods:
         pl.seed_everything(args.seed, verbose=False)
-        model, transform, views = build(name, args.min_scale)
+        model, transform, views = paper_method(name, SIZE, args.min_scale)
         fn = feature_fn(normalize=name == "simclr")
         init = mode_atlas(model, atlas_images, k=args.k, feature_fn=fn)
         atlases[f"{name}@init"] = init

@@ -1,4 +1,4 @@
-"""The ``lightning-stepwise`` command: the demo, the report of a recorded run, the probe and atlas of a checkpoint.
+"""The ``lightning-stepwise`` command: the demo, a run's report, a checkpoint's probe and atlas, runs compared.
 
 Parsing imports nothing heavy: torch, Lightning and the package's modules that need them are imported
 inside the command that runs, so ``--help`` and ``--version`` answer at once.
@@ -12,6 +12,8 @@ import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from lightning_stepwise import cli_inputs
 
 __all__ = ["build_parser", "main", "package_version", "parse_interval", "positive_int"]
 
@@ -33,7 +35,10 @@ commands:
   atlas   what each leading mode of a checkpoint's features means: per mode,
           the image statistic (brightness, contrast, edges, colour) and the
           class it follows; write modes.csv and atlas.png (the images at both
-          ends of each mode)"""
+          ends of each mode)
+  compare runs side by side: their onset steps in one table and their
+          learned modes in one figure (compare.png); given checkpoints, how
+          alike their top-k modes are (principal angles, linear CKA)"""
 
 EPILOG = """\
 examples:
@@ -43,6 +48,7 @@ examples:
   lightning-stepwise report stepwise-demo/logs --min-rise 5
   lightning-stepwise probe stepwise-demo/checkpoints/last.ckpt --output probe
   lightning-stepwise atlas stepwise-demo/checkpoints/last.ckpt --modes 8
+  lightning-stepwise compare run-a/ run-b/ --checkpoints a.ckpt b.ckpt
 
 'lightning-stepwise COMMAND --help' lists a command's options."""
 
@@ -194,117 +200,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_class(spec: str) -> type:
-    import importlib
-
-    module_name, _, class_name = spec.partition(":")
-    if not class_name:
-        raise ValueError(f"--module-class must look like package.module:ClassName, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--module-class {spec}: cannot import {module_name} ({err}); is its package installed "
-                         "or on PYTHONPATH?") from err
-    if not hasattr(module, class_name):
-        raise ValueError(f"--module-class {spec}: {module_name} has no {class_name}")
-    return getattr(module, class_name)
-
-
-def _checkpoint_contents(path: Any) -> str | None:
-    """What a checkpoint says about the module it holds, as the start of an error message.
-
-    Its class path (LightningCLI saves one), else its hyper-parameters and top-level submodules; None
-    when it cannot be read as a checkpoint.
-    """
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not readable as a checkpoint, whatever the reason
-        return None
-    if not isinstance(checkpoint, dict):
-        return None
-    hparams = checkpoint.get("hyper_parameters") or {}
-    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
-    if class_path:
-        return f"the checkpoint holds a {class_path} (as --module-class: {class_path.rpartition('.')[0]}:" \
-               f"{class_path.rpartition('.')[2]}); "
-    parts = []
-    if isinstance(hparams, dict) and hparams:
-        parts.append("hyper-parameters " + ", ".join(f"{k}={v!r}" for k, v in hparams.items()))
-    state = checkpoint.get("state_dict")
-    if isinstance(state, dict) and state:
-        parts.append("submodules " + ", ".join(dict.fromkeys(str(k).split(".")[0] for k in state)))
-    return f"the checkpoint holds a module with {' and '.join(parts)}; " if parts else ""
-
-
-def _load_module(checkpoint: Any, spec: str) -> Any:
-    """The LightningModule ``spec`` (``package.module:ClassName``) loaded from ``checkpoint`` on the CPU.
-
-    Raises ValueError with the fix when the class cannot be imported or the checkpoint is of another class.
-    """
-    module_class = _load_class(spec)
-    if not hasattr(module_class, "load_from_checkpoint"):
-        raise ValueError(f"--module-class {spec} is not a LightningModule (no load_from_checkpoint)")
-    try:
-        return module_class.load_from_checkpoint(str(checkpoint), map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any load failure has the same fix
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if len(reason) > 300:
-            reason = reason[:300] + "..."
-        contents = _checkpoint_contents(checkpoint)
-        if contents is None:
-            raise ValueError(f"cannot read {checkpoint} as a Lightning checkpoint ({type(err).__name__}: {reason}); "
-                             "pass a .ckpt written by Trainer.save_checkpoint or ModelCheckpoint") from err
-        raise ValueError(f"cannot load {checkpoint} as {spec} ({type(err).__name__}: {reason}); {contents}pass "
-                         "the LightningModule class it was saved from with --module-class package.module:ClassName"
-                         ) from err
-
-
-def _labelled_dataset(args: argparse.Namespace) -> tuple[Any, bool]:
-    """The labelled images of ``--data`` at ``--image-size`` / ``--channels``, and whether classes are mixed.
-
-    The digits come with classes mixed; an ImageFolder's files come grouped by class.
-    """
-    if args.data == "digits":
-        from torch.utils.data import TensorDataset
-
-        from lightning_stepwise.data import load_digits_images
-
-        return TensorDataset(*load_digits_images(args.image_size, args.channels)), True
-    from pathlib import Path
-
-    from torchvision import datasets, transforms
-
-    root = Path(args.data)
-    if not root.is_dir():
-        raise ValueError(f"--data must be 'digits' or a folder of class sub-folders (torchvision ImageFolder); "
-                         f"{root} is not a folder")
-    steps = [transforms.Resize((args.image_size, args.image_size)), transforms.ToTensor()]
-    if args.channels == 1:
-        steps.insert(0, transforms.Grayscale())
-    return datasets.ImageFolder(str(root), transform=transforms.Compose(steps)), False
-
-
-def _fixed_order(size: int) -> list[int]:
-    """The seeded shuffle of ``range(size)`` that the probe's split and the atlas's sample share."""
-    import torch
-
-    return torch.randperm(size, generator=torch.Generator().manual_seed(0)).tolist()
-
-
-def _probe_loaders(args: argparse.Namespace) -> tuple[object, object]:
-    from torch.utils.data import DataLoader, Subset
-
-    if not 0 < args.val_fraction < 1:
-        raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    dataset, _ = _labelled_dataset(args)
-    order = _fixed_order(len(dataset))
-    cut = int(round(len(order) * (1 - args.val_fraction)))
-    return (DataLoader(Subset(dataset, order[:cut]), batch_size=256),
-            DataLoader(Subset(dataset, order[cut:]), batch_size=256))
-
-
 def _probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -316,8 +211,8 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"lightning-stepwise probe: no checkpoint at {checkpoint}", file=sys.stderr)
         return 2
     try:
-        module = _load_module(checkpoint, args.module_class)
-        train, val = _probe_loaders(args)
+        module = cli_inputs.load_module(checkpoint, args.module_class)
+        train, val = cli_inputs.probe_loaders(args)
         result = linear_probe(module, train, val, method=args.method, c=args.c)
     except (ValueError, ImportError, AttributeError, RuntimeError, KeyError) as err:
         print(f"lightning-stepwise probe: {err}", file=sys.stderr)
@@ -333,33 +228,6 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _atlas_images(args: argparse.Namespace) -> tuple[Any, Any, int]:
-    """The first ``--max-images`` images of ``--data`` (a tensor), their labels, and the size of the set.
-
-    The labels are None with fewer than two classes. The digits are taken in their own order (classes
-    mixed); an ImageFolder, whose files come grouped by class, in the probe's fixed shuffled order, so
-    that the first N images span the classes.
-    """
-    import torch
-    from torch.utils.data import DataLoader, Subset, TensorDataset
-
-    dataset, mixed = _labelled_dataset(args)
-    total = len(dataset)
-    n = min(args.max_images, total)
-    if isinstance(dataset, TensorDataset):
-        images, labels = (t[:n] for t in dataset.tensors)
-    else:
-        order = list(range(total)) if mixed else _fixed_order(total)
-        batches = list(DataLoader(Subset(dataset, order[:n]), batch_size=256))
-        if not batches:
-            raise ValueError(f"--data {args.data} holds no images")
-        images = torch.cat([b[0] for b in batches])
-        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
-    if len(torch.unique(labels)) < 2:
-        labels = None
-    return images, labels, total
-
-
 def _atlas(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -372,14 +240,14 @@ def _atlas(args: argparse.Namespace) -> int:
         return fail(f"no checkpoint at {checkpoint}")
     output = Path(args.output) if args.output is not None else checkpoint.parent / "atlas"
     try:
-        images, labels, total = _atlas_images(args)
+        images, labels, total = cli_inputs.first_images(args)
         n = len(images)
         if n < args.modes + 1:
             cap = "" if n == total else f" (--max-images {args.max_images} of the {total} in --data {args.data})"
             return fail(f"--modes {args.modes} needs at least {args.modes + 1} images (modes + 1), got {n}{cap}; "
                         f"pass a smaller --modes (at most {max(n - 1, 0)})"
                         + (f" or a larger --max-images (at most {total})" if total > n else " or more images"))
-        module = _load_module(checkpoint, args.module_class)
+        module = cli_inputs.load_module(checkpoint, args.module_class)
     except (ValueError, ImportError, AttributeError, RuntimeError, KeyError, OSError) as err:
         return fail(str(err))
     try:
@@ -405,12 +273,156 @@ def _atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    def fail(message: str) -> int:
+        print(f"lightning-stepwise compare: {message}", file=sys.stderr)
+        return 2
+
+    from lightning_stepwise.onset_core import ONSET_OPTIONS
+
+    if not args.runs and not args.checkpoints:
+        return fail("pass run folders (their spectrum*.npz), checkpoints with --checkpoints, or both")
+    if args.checkpoints and len(args.checkpoints) + args.untrained_reference < 2:
+        return fail("the similarity table compares pairs: pass at least two --checkpoints, or one with "
+                    "--untrained-reference")
+    if len(args.module_class) not in {1, len(args.checkpoints or [])}:
+        return fail(f"{len(args.module_class)} --module-class for {len(args.checkpoints or [])} checkpoints: pass "
+                    "one for all of them or one per checkpoint, in the same order")
+    output = Path(args.output)
+    if args.runs:
+        from lightning_stepwise.compare import format_onset_comparison, load_runs, plot_comparison
+
+        options = {name: getattr(args, name) for name in ONSET_OPTIONS}
+        try:
+            runs = load_runs(args.runs, labels=args.labels, **options)
+        except (FileNotFoundError, ValueError) as err:
+            return fail(str(err))
+        print(f"When each mode was learned (onset steps; {_count(len(runs), 'run')}, detected alike; #k numbered "
+              "from 1 in the order learned, '-': not learned by the run's last step):")
+        table = format_onset_comparison(runs)
+        print(table)
+        output.mkdir(parents=True, exist_ok=True)
+        plot_comparison(runs, path=output / "compare.png")
+        (output / "onsets.txt").write_text(table + "\n")
+        print(f"wrote {output / 'compare.png'}, {output / 'onsets.txt'}")
+    if args.checkpoints:
+        return _compare_checkpoints(args, output, fail)
+    return 0
+
+
+def _compare_checkpoints(args: argparse.Namespace, output: Any, fail: Any) -> int:
+    """The similarity table of ``--checkpoints`` (and an untrained copy of the first), per point and k."""
+    import copy
+    from pathlib import Path
+
+    import torch
+
+    from lightning_stepwise.compare import format_similarity_table, similarity_table
+    from lightning_stepwise.probe import point_features
+
+    paths = [Path(c) for c in args.checkpoints]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return fail(f"no checkpoint at {', '.join(missing)}")
+    classes = args.module_class * len(paths) if len(args.module_class) == 1 else args.module_class
+    names = _checkpoint_names(paths)
+    try:
+        images, _, _ = cli_inputs.first_images(args)
+        if len(images) < args.modes + 1:
+            return fail(f"--modes {args.modes} needs at least {args.modes + 1} images, got {len(images)}; pass a "
+                        "smaller --modes or more images")
+        models = {name: cli_inputs.load_module(path, spec) for name, path, spec in zip(names, paths, classes,
+                                                                                        strict=True)}
+    except (ValueError, ImportError, AttributeError, RuntimeError, KeyError, OSError) as err:
+        return fail(str(err))
+    if args.untrained_reference:
+        first = next(iter(models.values()))
+        reference = copy.deepcopy(first)
+        torch.manual_seed(args.reference_seed)
+        for layer in reference.modules():
+            if hasattr(layer, "reset_parameters") and layer is not reference:
+                layer.reset_parameters()
+        models[f"untrained {names[0]}"] = reference
+    rows = []
+    for point in args.points:
+        for name, module in models.items():
+            try:
+                module.get_submodule(point)
+            except AttributeError:
+                children = [child for child, _ in module.named_children()]
+                return fail(f"--points {point!r}: no such submodule in {name} ({type(module).__name__}); it has "
+                            f"{children}; pass those to compare with --points")
+        try:
+            table = similarity_table(models, images, k=args.modes, feature_fn=point_features(point))
+        except ValueError as err:
+            return fail(str(err))
+        rows += [{"point": point, **row} for row in table]
+        print(f"\nAt `{point}`, on {len(images)} images: mean squared cosine of the principal angles between the "
+              "top-k mode subspaces (1: the same k directions of variation, in any rotation; near k/N by chance)")
+        print(format_similarity_table(table))
+        print("linear CKA of the top-k mode coordinates (weights the modes by their variance)")
+        print(format_similarity_table(table, measure="cka"))
+    import csv
+
+    output.mkdir(parents=True, exist_ok=True)
+    with (output / "similarity.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {output / 'similarity.csv'}")
+    return 0
+
+
+def _checkpoint_names(paths: Sequence[Any]) -> list[str]:
+    """Short distinct names: the file stem, or the folders above it when stems repeat (``last.ckpt``).
+
+    A file given twice is named twice, the second time with `` (2)``.
+    """
+    distinct = list(dict.fromkeys(paths))
+    names = [str(p) for p in distinct]
+    for depth in range(1, max(len(p.parts) for p in distinct) + 1):
+        shortest = ["/".join(p.with_suffix("").parts[-depth:]) for p in distinct]
+        if len(set(shortest)) == len(shortest):
+            names = shortest
+            break
+    of = dict(zip(distinct, names, strict=True))
+    seen: dict[Any, int] = {}
+    result = []
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+        result.append(of[p] if seen[p] == 1 else f"{of[p]} ({seen[p]})")
+    return result
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _add_image_options(parser: argparse.ArgumentParser, fed_to: str, data_note: str = "",
+                       colour_note: str = "") -> None:
+    """``--data``, ``--image-size`` and ``--channels``: the images a checkpoint's model is run on."""
+    parser.add_argument("--data", default="digits", metavar="digits|DIR",
+                        help="'digits' (embedded, offline) or a folder of class sub-folders (torchvision "
+                             f"ImageFolder){data_note}")
+    parser.add_argument("--image-size", type=positive_int, default=16, metavar="PIXELS",
+                        help=f"side of the square images fed to {fed_to} (the demo's: 16)")
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=1,
+                        help=f"image channels {fed_to} takes: 1 (grayscale, as the demo's) or 3{colour_note}")
+
+
+def _add_onset_options(parser: argparse.ArgumentParser) -> None:
+    """The detection options of ``detect_onsets``, each as ``--min-rise`` etc. with its default."""
+    from lightning_stepwise.onset_core import ONSET_OPTIONS
+
+    for name, (default, meaning) in ONSET_OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=meaning,
+                            metavar=_METAVARS.get(name))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``lightning-stepwise`` command and its ``demo``, ``report``, ``probe`` and ``atlas`` commands.
+    """The parser of ``lightning-stepwise`` and its commands: demo, report, probe, atlas and compare.
 
     Building it imports no torch or Lightning (only the onset options' defaults, with NumPy).
 
@@ -419,14 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.max_steps, args.every_n_steps, args.small_init
         (200, 'auto', 0.5)
     """
-    from lightning_stepwise.onset_core import ONSET_OPTIONS
-
     parser = argparse.ArgumentParser(prog="lightning-stepwise", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"lightning-stepwise {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     help="demo, report, probe or atlas (above); 'lightning-stepwise COMMAND --help' "
-                                          "lists its options")
+                                     help="demo, report, probe, atlas or compare (above); "
+                                          "'lightning-stepwise COMMAND --help' lists its options")
 
     demo = commands.add_parser(
         "demo", formatter_class=_HelpFormatter,
@@ -474,9 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for the files (default: next to each spectrum file)")
     report.add_argument("--x", choices=["step", "time"], default="step",
                         help="x axis of the figure: optimizer step, or effective time (the sum of the learning rates)")
-    for name, (default, meaning) in ONSET_OPTIONS.items():
-        report.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=meaning,
-                            metavar=_METAVARS.get(name))
+    _add_onset_options(report)
     report.set_defaults(run=_report)
 
     probe = commands.add_parser(
@@ -491,12 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")
     probe.add_argument("--module-class", default="lightning_stepwise.demo:DigitsBarlowTwins",
                        metavar="MODULE:CLASS", help="package.module:ClassName of the LightningModule it holds")
-    probe.add_argument("--data", default="digits", metavar="digits|DIR",
-                       help="'digits' (embedded, offline) or a folder of class sub-folders (torchvision ImageFolder)")
-    probe.add_argument("--image-size", type=int, default=16, metavar="PIXELS",
-                       help="side of the square images fed to the backbone (the demo's: 16)")
-    probe.add_argument("--channels", type=int, choices=[1, 3], default=1,
-                       help="image channels the backbone takes: 1 (grayscale, as the demo's) or 3")
+    _add_image_options(probe, "the backbone")
     probe.add_argument("--val-fraction", type=float, default=0.3, metavar="FRACTION",
                        help="share of the images held out for validation")
     probe.add_argument("--method", choices=["logistic", "ridge"], default="logistic",
@@ -522,14 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("checkpoint", help="a Lightning checkpoint (.ckpt)")
     atlas.add_argument("--module-class", default="lightning_stepwise.demo:DigitsBarlowTwins",
                        metavar="MODULE:CLASS", help="package.module:ClassName of the LightningModule it holds")
-    atlas.add_argument("--data", default="digits", metavar="digits|DIR",
-                       help="'digits' (embedded, offline) or a folder of class sub-folders (torchvision "
-                            "ImageFolder); the labels give the class columns")
-    atlas.add_argument("--image-size", type=positive_int, default=16, metavar="PIXELS",
-                       help="side of the square images fed to the model (the demo's: 16)")
-    atlas.add_argument("--channels", type=int, choices=[1, 3], default=1,
-                       help="image channels the model takes: 1 (grayscale, as the demo's) or 3 (adds the "
-                            "colour statistics)")
+    _add_image_options(atlas, "the model", "; the labels give the class columns",
+                       " (adds the colour statistics)")
     atlas.add_argument("--point", default="projection_head", metavar="SUBMODULE",
                        help="dotted path of the submodule whose output is the feature: the point StepwiseMonitor "
                             "tracks, whose modes it counts (StepwiseMonitor(module=...); in Lightly's models the "
@@ -544,6 +541,46 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("--output", default=None, metavar="DIR",
                        help="folder for modes.csv and atlas.png (default: atlas/ next to the checkpoint)")
     atlas.set_defaults(run=_atlas)
+
+    compare = commands.add_parser(
+        "compare", formatter_class=_HelpFormatter,
+        description=_paragraph(
+            "Compare runs. Given run folders (or spectrum*.npz files): detect each run's learned modes again with "
+            "the same options, print their onset steps side by side, and draw compare.png (each learned mode's "
+            "eigenvalue over its plateau, one colour per run, and the count of modes learned over steps). Given "
+            "checkpoints: run each model on the same images and print how alike their top-k modes are, per pair "
+            "and k (principal angles between the top-k mode subspaces, and linear CKA); write similarity.csv."),
+        epilog="examples:\n  lightning-stepwise compare runs/barlow_twins runs/vicreg runs/simclr\n"
+               "  lightning-stepwise compare seed0/ seed1/ --labels seed-0 seed-1 --min-rise 5\n"
+               "  lightning-stepwise compare --checkpoints a/last.ckpt b/last.ckpt --untrained-reference\n"
+               "  lightning-stepwise compare run-a run-b --checkpoints run-a.ckpt run-b.ckpt \\\n"
+               "      --module-class my_package.models:MyBYOL --data images/ --image-size 32 --channels 3")
+    compare.add_argument("runs", nargs="*", metavar="RUN",
+                         help="run folders searched recursively for spectrum*.npz (each file found is one run), or "
+                              ".npz files")
+    compare.add_argument("--labels", nargs="+", default=None, metavar="NAME",
+                         help="one name per spectrum file found (default: the shortest distinct part of each path)")
+    compare.add_argument("--output", default="stepwise-compare", metavar="DIR",
+                         help="folder for compare.png, onsets.txt and similarity.csv")
+    compare.add_argument("--checkpoints", nargs="+", default=None, metavar="CKPT",
+                         help="Lightning checkpoints whose modes to compare pairwise (two or more)")
+    compare.add_argument("--module-class", nargs="+", default=["lightning_stepwise.demo:DigitsBarlowTwins"],
+                         metavar="MODULE:CLASS",
+                         help="package.module:ClassName of the LightningModule the checkpoints hold: one for all, or "
+                              "one per checkpoint in the same order")
+    compare.add_argument("--untrained-reference", action="store_true",
+                         help="add the first checkpoint's architecture with fresh random weights (every layer's "
+                              "reset_parameters): the similarity that needs no training")
+    compare.add_argument("--reference-seed", type=int, default=0, help="seed of the untrained reference's weights")
+    compare.add_argument("--points", nargs="+", default=["backbone", "projection_head"], metavar="SUBMODULE",
+                         help="dotted paths of the submodules whose outputs are compared, each in its own table")
+    compare.add_argument("--modes", type=positive_int, default=8, metavar="K",
+                         help="compare the top 1, 2, 4, ..., K modes (needs at least K + 1 images)")
+    _add_image_options(compare, "the models", "; every model sees the same images")
+    compare.add_argument("--max-images", type=positive_int, default=2000, metavar="N",
+                         help="use the first N images of the set, always the same ones")
+    _add_onset_options(compare)
+    compare.set_defaults(run=_compare)
     return parser
 
 

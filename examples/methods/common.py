@@ -157,6 +157,49 @@ def collapsed_start(head: nn.Module, factor: float, offset: float = 1.0, seed: i
     return head
 
 
+# ---------------------------------------------------------------------- the paper's methods, built alike
+
+#: The example files and their LightningModule classes, for the scripts that train several methods alike.
+METHOD_CLASSES = {"barlow_twins": "BarlowTwins", "simclr": "SimCLR", "vicreg": "VICReg"}
+
+
+def load_method(name: str) -> Any:
+    """The example module ``examples/methods/<name>.py`` (its LightningModule class and ``main``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def paper_method(name: str, input_size: int, min_scale: float) -> tuple[nn.Module, Any, str]:
+    """(model, Lightly transform, what the views are) for one method with the ``--paper`` preset.
+
+    The tiny backbone of width 16, a 64-d projector, SGD at 0.1; SimCLR starts collapsed as ``--paper`` does.
+    Lightly's own views with their default colour jitter and greyscale, without blur.
+    """
+    from lightly.transforms import SimCLRTransform, VICRegTransform
+
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"unknown method {name!r}: one of {sorted(METHOD_CLASSES)}")
+    net, width = backbone("tiny", PAPER["tiny_width"])
+    model = getattr(load_method(name), METHOD_CLASSES[name])(net, width, PAPER["projector_dim"], PAPER["lr"])
+    if name == "barlow_twins":
+        transform = byol_views(input_size, min_scale)
+        views = "BYOLTransform views 1/2 (crop, flip, colour jitter p=0.8 b/c/s/h 0.4/0.4/0.2/0.1, grey p=0.2, " \
+                "solarize p=0/0.2)"
+    elif name == "simclr":
+        collapsed_start(model.projection_head, 0.03)  # as --paper: the embeddings start near one point
+        transform = SimCLRTransform(input_size=input_size, gaussian_blur=0.0, min_scale=min_scale)
+        views = "SimCLRTransform (crop, flip, colour jitter p=0.8 b/c/s/h 0.8/0.8/0.8/0.2, grey p=0.2)"
+    else:
+        transform = VICRegTransform(input_size=input_size, gaussian_blur=0.0, min_scale=min_scale)
+        views = "VICRegTransform (crop, flip, colour jitter p=0.8 b/c/s/h 0.4/0.4/0.2/0.1, grey p=0.2, solarize p=0.1)"
+    return model, transform, views + f", min_scale {min_scale}, no blur"
+
+
 # ---------------------------------------------------------------------- data
 
 
