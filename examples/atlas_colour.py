@@ -11,6 +11,7 @@ first: the principal components of the raw pixels, and each network at initialis
     python examples/atlas_colour.py                                  # the three methods, offline
     python examples/atlas_colour.py --methods vicreg --steps 1000    # one method, longer
     python examples/atlas_colour.py --cifar10 --download             # CIFAR-10 instead (network needed)
+    python examples/atlas_colour.py --stl10 --download               # STL-10 instead (network needed, 2.6 GB)
 
 Writes ``<output>/<method>/modes.csv`` and ``atlas.png`` (plus the monitor's files under
 ``<output>/<method>/stepwise``) and ``<output>/pixels/`` for the pixel baseline.
@@ -72,13 +73,24 @@ def photo_crops(n: int, *, seed: int = 0, size: int = SIZE, min_side: int = 24,
     return crops
 
 
-def cifar10_images(n: int, *, seed: int, root: str, download: bool) -> list[Image.Image]:
-    """``n`` random CIFAR-10 training images (32 x 32) resized to 16 x 16; torchvision, only behind --cifar10."""
+def download_images(name: str, n: int, *, seed: int, root: str, download: bool) -> list[Image.Image]:
+    """``n`` random training images of CIFAR-10 (32 x 32) or STL-10 (96 x 96, with the unlabelled split), resized
+    to 16 x 16; torchvision, only behind --cifar10 / --stl10 (and --download to fetch them)."""
     import torchvision
 
-    data = torchvision.datasets.CIFAR10(root, train=True, download=download)
-    order = np.random.default_rng(seed).permutation(len(data))[:n]
-    return [Image.fromarray(data.data[i]).resize((SIZE, SIZE), Image.BILINEAR) for i in order]
+    try:
+        if name == "cifar10":
+            data = torchvision.datasets.CIFAR10(root, train=True, download=download)
+            pixels = data.data  # (N, 32, 32, 3) uint8
+        else:
+            data = torchvision.datasets.STL10(root, split="train+unlabeled", download=download)
+            pixels = data.data.transpose(0, 2, 3, 1)  # stored (N, 3, 96, 96)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise SystemExit(f"{name} is not in {Path(root).resolve()} ({err}). Pass --download to fetch it (network "
+                         f"needed) or --data-root to point at a copy, or drop --{name} to use the embedded photographs "
+                         "(offline).") from None
+    order = np.random.default_rng(seed).permutation(len(pixels))[:n]
+    return [Image.fromarray(pixels[i]).resize((SIZE, SIZE), Image.BILINEAR) for i in order]
 
 
 def as_tensor(images: Sequence[Image.Image]) -> Tensor:
@@ -159,11 +171,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--every-n-steps", type=int, default=PAPER["every_n_steps"])
     parser.add_argument("--output", default="atlas-colour", help="where the files go (default atlas-colour/)")
     parser.add_argument("--cifar10", action="store_true", help="CIFAR-10 images instead of the photo crops")
-    parser.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 (network)")
-    parser.add_argument("--data-root", default="data", help="where CIFAR-10 lives or is downloaded to")
+    parser.add_argument("--stl10", action="store_true", help="STL-10 images (train+unlabeled) instead of the crops")
+    parser.add_argument("--download", action="store_true", help="allow downloading CIFAR-10 / STL-10 (network)")
+    parser.add_argument("--data-root", default="data", help="where CIFAR-10 / STL-10 live or are downloaded to")
     args = parser.parse_args(argv)
-    if args.download and not args.cifar10:
-        parser.error("--download only applies with --cifar10")
+    if args.cifar10 and args.stl10:
+        parser.error("pass --cifar10 or --stl10, not both")
+    if args.download and not (args.cifar10 or args.stl10):
+        parser.error("--download only applies with --cifar10 or --stl10")
     return args
 
 
@@ -171,11 +186,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Atlas]:
     """Run the experiment; returns each atlas by name ("pixels", "<method>@init", "<method>")."""
     args = parse_args(argv)
     output = Path(args.output)
-    if args.cifar10:
-        source = "CIFAR-10 (train, resized to 16 x 16)"
-        train_images = cifar10_images(args.crops, seed=args.seed, root=args.data_root, download=args.download)
-        held_out = cifar10_images(args.crops + args.atlas_crops, seed=args.seed, root=args.data_root,
-                                  download=False)[args.crops:]
+    if args.cifar10 or args.stl10:
+        name = "cifar10" if args.cifar10 else "stl10"
+        source = "CIFAR-10 (train)" if args.cifar10 else "STL-10 (train+unlabeled)"
+        source += ", resized to 16 x 16"
+        both = download_images(name, args.crops + args.atlas_crops, seed=args.seed, root=args.data_root,
+                               download=args.download)
+        train_images, held_out = both[:args.crops], both[args.crops:]
     else:
         source = "random square crops (24-96 px) of sklearn's china.jpg and flower.jpg, resized to 16 x 16"
         train_images = photo_crops(args.crops, seed=args.seed)

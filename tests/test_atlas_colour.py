@@ -51,3 +51,12 @@ def test_tiny_run_writes_the_atlas_files_and_prints_the_tables(example: ModuleTy
     assert "vicreg: 5 steps in" in text and "modes learned" in text and "views: VICRegTransform" in text
     assert "of the first 3 modes have colour or brightness as strongest" in text
     assert "strongest" in text and "eigenvalue" in text
+
+
+@pytest.mark.parametrize("flag", ["--cifar10", "--stl10"])
+def test_a_missing_download_dataset_says_how_to_get_it_without_touching_the_network(
+        example: ModuleType, tmp_path: Path, flag: str) -> None:
+    with pytest.raises(SystemExit, match=f"not in .*Pass --download to fetch it.*drop {flag}"):
+        example.main([flag, "--data-root", str(tmp_path / "empty"), "--steps", "1", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        example.parse_args(["--cifar10", "--stl10"])
