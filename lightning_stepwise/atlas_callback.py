@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from lightning_stepwise.atlas import Atlas, mode_atlas, plot_atlas
-from lightning_stepwise.lightning_compat import Callback, cuda_devices, default_output_dir, log_figure, print_line
+from lightning_stepwise.lightning_compat import (
+    Callback,
+    cuda_devices,
+    default_output_dir,
+    log_figure,
+    print_line,
+    takes_images,
+)
 from lightning_stepwise.monitor import find_monitor, learned_since
 from lightning_stepwise.probe import point_features
 from lightning_stepwise.problems import StepwiseWarning
@@ -48,6 +55,7 @@ class ModeAtlas(Callback):
         per_side: images drawn at each end of a mode.
         on_new_mode: also draw the atlas each time the monitor learns a new mode.
         dirpath: folder for the files (default: the monitor's folder, or ``<log_dir>/stepwise``, + ``atlas``).
+        verbose: print the table each time the atlas is drawn (the files and loggers get it either way).
 
     Examples:
         >>> from lightning_stepwise.data import load_digits_images
@@ -67,6 +75,7 @@ class ModeAtlas(Callback):
         per_side: int = 8,
         on_new_mode: bool = False,
         dirpath: str | os.PathLike[str] | None = None,
+        verbose: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(images, Tensor) or images.ndim != 4:
@@ -90,6 +99,7 @@ class ModeAtlas(Callback):
         self.per_side = per_side
         self.on_new_mode = on_new_mode
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.verbose = verbose
         #: The atlas drawn last (None before the first).
         self.atlas: Atlas | None = None
         self._modes_seen = 0
@@ -135,9 +145,13 @@ class ModeAtlas(Callback):
             return
         self.atlas = atlas
         where = f"`{self.point}`" if self.point else "the module's output"
-        print_line(trainer, f"ModeAtlas: {k} modes of {where} on {len(self.images)} images, in {folder}\n"
-                            f"{atlas.table()}")
+        if self.verbose:
+            print_line(trainer, f"ModeAtlas: {k} modes of {where} on {len(self.images)} images, in {folder}\n"
+                                f"{atlas.table()}")
+        if not any(takes_images(logger) for logger in trainer.loggers):
+            return  # the figure is in atlas.png; drawing it again for no logger costs a second or more
         figure = plot_atlas(self.images, atlas.coordinates, self.per_side, None, rows=atlas.rows)
         for error in log_figure(trainer, "stepwise/atlas" + (f"_{subfolder}" if subfolder else ""), figure,
                                 atlas.figure_path):
             print_line(trainer, f"ModeAtlas: {error}")
+

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_stepwise.atlas_callback import ModeAtlas
 from lightning_stepwise.data import digits_dataloader, digits_probe_loaders
 from lightning_stepwise.linear_probe import LinearProbe
 from lightning_stepwise.monitor import StepwiseMonitor
@@ -81,6 +82,16 @@ class _Announce(pl.Callback):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         print(self.line, flush=True)
+
+
+def _describe_atlas(callback: ModeAtlas) -> str:
+    """The atlas table of the final embeddings, with one sentence on how to read it."""
+    if callback.atlas is None:
+        return "Mode atlas: not drawn (the warning above says why)."
+    return (f"Mode atlas of the final embeddings on the probe's {len(callback.images)} validation images (modes "
+            "numbered from 0 by eigenvalue, their extreme images in atlas/atlas.png): the image statistic each "
+            "mode follows most, its Pearson r, and the digit it separates best (one-vs-rest AUC: near 1 or 0, that "
+            f"digit sits at one end of the mode).\n{callback.atlas.table()}")
 
 
 def _count(n: int, noun: str) -> str:
@@ -204,14 +215,16 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     """Train `DigitsBarlowTwins` on the digits on the CPU with ``StepwiseMonitor()`` and ``LinearProbe``.
 
     Prints what the run measured: the spectrum over time, its largest rise, the modes learned (or why none
-    were and what to change, see [`explain_no_onsets`][lightning_stepwise.report.explain_no_onsets]) and the
-    probe; ``quiet`` prints nothing. Lightning's own info lines and warnings are kept off the screen
+    were and what to change, see [`explain_no_onsets`][lightning_stepwise.report.explain_no_onsets]), what
+    each mode encodes ([`ModeAtlas`][lightning_stepwise.atlas_callback.ModeAtlas] at fit end, on the probe's
+    validation images, written to ``atlas/modes.csv`` and ``atlas/atlas.png``) and the probe; ``quiet``
+    prints nothing. Lightning's own info lines and warnings are kept off the screen
     ([`quiet_lightning`][lightning_stepwise.demo.quiet_lightning]).
 
     Args:
         max_steps: optimizer steps.
-        output: folder of the logger, the files (``<output>/logs/version_N/stepwise``) and
-            ``checkpoints/last.ckpt``.
+        output: folder of the logger, the files (``<output>/logs/version_N/stepwise``, the atlas in its
+            ``atlas`` folder) and ``checkpoints/last.ckpt``.
         seed: seeds the initial weights, the augmentations and the batch order.
         batch_size: images per batch (two augmented views of each).
         init_scale: multiplies every initial conv and linear weight (the command's ``--small-init``).
@@ -224,7 +237,9 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     Examples:
         >>> monitor = run_demo(max_steps=20, output="/tmp/demo", every_n_steps=10, quiet=True)  # doctest: +SKIP
         >>> sorted(p.name for p in monitor.output_dir.iterdir())                              # doctest: +SKIP
-        ['onsets.csv', 'onsets.json', 'probe.csv', 'probe_modes.csv', 'probe_modes.png', 'spectrum.csv', ...]
+        ['atlas', 'onsets.csv', 'onsets.json', 'probe.csv', 'probe_modes.csv', 'probe_modes.png', ...]
+        >>> sorted(p.name for p in (monitor.output_dir / "atlas").iterdir())                  # doctest: +SKIP
+        ['atlas.png', 'modes.csv']
     """
     def say(line: str) -> None:  # progress before the slow parts
         if not quiet:
@@ -238,14 +253,20 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     model = DigitsBarlowTwins(init_scale=init_scale)
     monitor = StepwiseMonitor(every_n_steps=every_n_steps)
     monitor.explain_empty_runs = False  # the demo's summary gives the reason, with the demo's own flags
-    probe = LinearProbe(*digits_probe_loaders(size=16), on_new_mode=True)
+    probe_train, probe_val = digits_probe_loaders(size=16)
+    probe = LinearProbe(probe_train, probe_val, on_new_mode=True)
+    # The probe's validation images: the atlas's per-digit AUCs then describe the images the probe's accuracy
+    # is measured on, and 539 un-augmented images (about 54 per digit) are plenty for an AUC. Fit end only:
+    # drawing at each new mode would add a figure per mode to a demo meant to be quick.
+    val_images, val_labels = probe_val.dataset.tensors
+    atlas = ModeAtlas(val_images, val_labels, point="projection_head", verbose=False)  # printed below
     output = Path(output)
-    announce = _Announce("Writing the files and probing the final features (the linear probe with the k leading "
-                         "eigen-directions, k = 1, 2, 4, ...)...")
+    announce = _Announce("Writing the files, probing the final features (the linear probe with the k leading "
+                         "eigen-directions, k = 1, 2, 4, ...) and drawing the mode atlas...")
     with quiet_lightning():
         trainer = pl.Trainer(
             max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1,
-            callbacks=[*([] if quiet else [announce]), monitor, probe,
+            callbacks=[*([] if quiet else [announce]), monitor, probe, atlas,
                        pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=0)],
             logger=pl.loggers.CSVLogger(output, name="logs"), default_root_dir=output,
             enable_checkpointing=True, enable_progress_bar=not quiet, enable_model_summary=False,
@@ -257,13 +278,15 @@ def run_demo(max_steps: int = 800, output: str | os.PathLike[str] = "stepwise-de
     if not quiet:
         print()
         print(_describe_run(monitor, max_steps, len(loader), every_n_steps))
+        print("\n" + _describe_atlas(atlas))
         last = probe.results[-1] if probe.results else {}
         sizes = (f" ({last['train_size']:,.0f} train / {last['val_size']:,.0f} validation images, un-augmented)"
                  if "train_size" in last else "")
         print(f"\nLinear probe of the backbone features on the digits' labels{sizes}, each time a mode was learned "
               "and at the end; then using only the top-k eigen-directions of the features' covariance:")
         print(format_probe_table(probe.results, probe.modes_table))
-        written = ", ".join(sorted(p.name for p in monitor.output_dir.iterdir())) \
+        written = ", ".join(sorted(p.relative_to(monitor.output_dir).as_posix()
+                                   for p in monitor.output_dir.rglob("*") if p.is_file())) \
             if monitor.output_dir is not None and monitor.output_dir.is_dir() else "none"
         print(f"\nFiles: {monitor.output_dir}/ {written}; logger: {trainer.log_dir}; checkpoint: "
               f"{output / 'checkpoints' / 'last.ckpt'} (lightning-stepwise probe CHECKPOINT probes it again; "

@@ -21,7 +21,7 @@ from torch import Tensor
 __all__ = [
     "Callback", "TrainerLike", "cuda_devices", "default_output_dir", "log_figure", "logging_step", "module_loss",
     "optimizer_lr",
-    "print_line", "total_steps",
+    "print_line", "takes_images", "total_steps",
 ]
 
 try:
@@ -164,10 +164,33 @@ def print_line(trainer: Any, line: str) -> None:
         3 modes learned
     """
     bar = getattr(trainer, "progress_bar_callback", None)
-    if bar is not None and hasattr(bar, "print") and getattr(bar, "is_enabled", False):
+    if bar is not None and hasattr(bar, "print") and getattr(bar, "is_enabled", False) and _bar_is_showing(bar):
         bar.print(line)
     else:
         print(line)
+
+
+#: Where Lightning's TQDM bar keeps its bars; its ``print`` writes through an open one and drops the line
+#: when none is open (at fit end they are all closed).
+_TQDM_BARS = ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar")
+
+
+def _bar_is_showing(bar: Any) -> bool:
+    """Whether the progress bar's ``print`` will show a line now: a TQDM-style bar only while one is open."""
+    if not any(hasattr(bar, name) for name in _TQDM_BARS):
+        return True  # other bars (Rich, custom) print through their console, open or not
+    return any(b is not None and not getattr(b, "disable", True) for b in (getattr(bar, n, None) for n in _TQDM_BARS))
+
+
+def takes_images(logger: Any) -> bool:
+    """Whether [`log_figure`][lightning_stepwise.lightning_compat.log_figure] sends this logger anything.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> takes_images(SimpleNamespace(experiment=None)), takes_images(SimpleNamespace(log_image=print))
+        (False, True)
+    """
+    return hasattr(getattr(logger, "experiment", None), "add_figure") or hasattr(logger, "log_image")
 
 
 def log_figure(trainer: Any, tag: str, figure: Any, path: Path | None) -> list[str]:

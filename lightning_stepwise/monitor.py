@@ -523,11 +523,13 @@ class StepwiseMonitor(Callback):
     def _announce(self, trainer: Any, m: Measurement) -> None:
         if not (self.verbose and trainer.is_global_zero):
             return
-        for record in m.new_onsets:
+        before = m.modes_learned - len(m.new_onsets)
+        for i, record in enumerate(m.new_onsets):
             epoch = "" if math.isnan(record["onset_epoch"]) else f", epoch {record['onset_epoch']:.0f}"
-            # numbered from 1 in the order learned, so that "#3" and "3 learned so far" agree
+            # numbered from 1 in the order learned, so that "#3" and "3 learned so far" agree, also when one
+            # measurement confirms several modes at once
             print_line(trainer, f"StepwiseMonitor: mode #{int(record['mode']) + 1} learned at step "
-                                 f"{record['onset_step']:.0f}{epoch} ({m.modes_learned} learned so far)")
+                                 f"{record['onset_step']:.0f}{epoch} ({before + i + 1} learned so far)")
 
     def _log_progress(self, trainer: Any, pl_module: Any) -> None:
         # Host tensors: logging a float would copy it to the device, a synchronisation.

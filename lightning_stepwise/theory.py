@@ -22,6 +22,13 @@ The model is ``f(x) = W x`` with ``W`` of shape ``d × m``, trained by gradient 
 - At convergence ``W(∞) = U diag(γ_j^{−1/2}) V_dᵀ``: a whitened projection on the top-``d``
   eigenvectors of ``Γ``, up to the rotation ``U``.
 
+Mode equaliser (strength ``α ∈ [0, 1]``, the ``equalize`` argument): the update ``W ← W − lr · G · P``
+with ``G`` the gradient and ``P = Σ_j g_j v_j v_jᵀ``, ``g_j = min((γ_1/γ_j)^α, max_gain)``. Every formula
+above holds with the rate ``γ_j`` replaced by ``g_j γ_j`` (growth per step ``(1 + 4 c lr g_j γ_j)²``);
+the starts ``λ_j(0)`` are unchanged. See
+[`equalizer_gains`][lightning_stepwise.theory.LinearSSLTheory.equalizer_gains] for the derivation and how
+it relates to a gradient hook on the embeddings.
+
 Kernel machines ``f(x) = W φ(x)`` follow the same dynamics with the ``γ`` of ``K^{1/2} Z K^{1/2}``,
 ``K`` the kernel over the ``2n`` stacked views and ``Z = (1/2n) [[0, I], [I, 0]]`` the pair swap.
 [`empirical_ntk`][lightning_stepwise.theory.empirical_ntk] gives the kernel of a network at its current parameters.
@@ -39,12 +46,23 @@ import torch
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "DEFAULT_MAX_GAIN",
     "LinearSSLTheory",
     "TheoryPrediction",
     "empirical_ntk",
     "feature_cross_correlation",
     "simplified_barlow_twins_loss",
 ]
+
+
+DEFAULT_MAX_GAIN = 100.0
+"""Default cap on the equaliser's gains: modes with ``γ_j < γ_1 / 100`` are sped up by 100 at most.
+
+Without a cap the gain of a mode with ``γ_j → 0⁺`` would be unbounded; in a real network such directions
+are mostly noise, and a hook that mistakes one mode for another (the gains are set per direction) must
+not multiply the gradient of a large mode by an arbitrary factor. 100 keeps the gains within two orders
+of magnitude, enough to bring a mode ``100×`` slower than the top one to the top one's pace.
+"""
 
 
 def _as_array(values: ArrayLike | torch.Tensor, name: str) -> np.ndarray:
@@ -233,35 +251,50 @@ class LinearSSLTheory:
 
     def step_times(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
                    W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
-                   loss_scale: float = 1.0) -> np.ndarray:
+                   loss_scale: float = 1.0, equalize: float = 0.0,
+                   max_gain: float = DEFAULT_MAX_GAIN) -> np.ndarray:
         """Optimizer steps at which each of the ``d`` modes is half learned (``λ_j = ½``).
 
-        ``inf`` for modes with ``γ ≤ 0`` (never learned); 0 for modes that start above ½.
+        ``inf`` for modes with ``γ ≤ 0`` (never learned); 0 for modes that start above ½. With ``equalize``
+        (``α``) and ``max_gain``: the steps under the mode equaliser
+        ([`equalizer_gains`][lightning_stepwise.theory.LinearSSLTheory.equalizer_gains]).
+
+        Examples:
+            >>> th = LinearSSLTheory(np.array([4.0, 1.0, 0.25]))
+            >>> th.step_times(0.01, d=3, init_scale=1e-3).round().tolist()              # plain
+            [42.0, 176.0, 764.0]
+            >>> th.step_times(0.01, d=3, init_scale=1e-3, equalize=1.0).round().tolist()   # all at γ_1's pace
+            [42.0, 47.0, 51.0]
         """
-        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0, F0=F0)
-        growth = self.growth_per_step(lr, len(lam0), loss_scale)
+        lam0, growth = self._start_and_growth(lr, d, init_scale, W0, F0, loss_scale, equalize, max_gain)
         times = np.full(len(lam0), np.inf)
         rising = growth > 0
         with np.errstate(divide="ignore"):
             times[rising] = np.log(np.maximum(1 / lam0[rising] - 1, 1.0)) / growth[rising]
         return times
 
-    def growth_per_step(self, lr: float, d: int, loss_scale: float = 1.0) -> np.ndarray:
-        """Log-growth per optimizer step of each mode's eigenvalue while small: ``2 ln(1 + 4 c lr γ_j)``.
+    def growth_per_step(self, lr: float, d: int, loss_scale: float = 1.0, *, equalize: float = 0.0,
+                        max_gain: float = DEFAULT_MAX_GAIN) -> np.ndarray:
+        """Log-growth per optimizer step of each mode's eigenvalue while small: ``2 ln(1 + 4 c lr g_j γ_j)``.
 
+        ``g_j = 1`` without the equaliser (``equalize=0``), else the gains of
+        [`equalizer_gains`][lightning_stepwise.theory.LinearSSLTheory.equalizer_gains].
         Negative for ``γ_j < 0`` (the mode decays); ``-inf`` beyond the stability limit ``4 c lr γ ≤ −1``.
         """
         self._check_d(d)
-        step = 4 * self._rate(lr, loss_scale) * self.gammas[:d]
+        step = 4 * self._rate(lr, loss_scale) * self._equalized_rates(d, equalize, max_gain)
         with np.errstate(divide="ignore", invalid="ignore"):
             return 2 * np.log1p(np.maximum(step, -1.0))
 
     def eigenvalue_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
                                 init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
-                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
-        """``λ_j`` at each step, ``len(steps) × d`` (column ``j``: mode ``j``, in ``γ`` order; not sorted)."""
-        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0, F0=F0)
-        growth = self.growth_per_step(lr, len(lam0), loss_scale)
+                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0,
+                                equalize: float = 0.0, max_gain: float = DEFAULT_MAX_GAIN) -> np.ndarray:
+        """``λ_j`` at each step, ``len(steps) × d`` (column ``j``: mode ``j``, in ``γ`` order; not sorted).
+
+        ``equalize`` and ``max_gain``: under the mode equaliser (rates ``g_j γ_j``).
+        """
+        lam0, growth = self._start_and_growth(lr, d, init_scale, W0, F0, loss_scale, equalize, max_gain)
         exponent = np.clip(-growth * np.asarray(steps, dtype=np.float64)[:, None], -700, 700)
         with np.errstate(divide="ignore", invalid="ignore"):
             lam = 1 / (1 + (1 / lam0 - 1) * np.exp(exponent))
@@ -269,14 +302,19 @@ class LinearSSLTheory:
 
     def loss_curve(self, steps: ArrayLike, lr: float, d: int | None = None, *, init_scale: float | None = None,
                    W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
-                   loss_scale: float = 1.0) -> np.ndarray:
-        """``c · Σ_j (λ_j − 1)²`` at each step: plateaus at ``c (d − k)`` after ``k`` modes are learned."""
-        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale)
+                   loss_scale: float = 1.0, equalize: float = 0.0, max_gain: float = DEFAULT_MAX_GAIN) -> np.ndarray:
+        """``c · Σ_j (λ_j − 1)²`` at each step: plateaus at ``c (d − k)`` after ``k`` modes are learned.
+
+        ``equalize`` and ``max_gain``: under the mode equaliser (the loss is the same function of ``λ``).
+        """
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale,
+                                           equalize=equalize, max_gain=max_gain)
         return loss_scale * ((lam - 1) ** 2).sum(axis=1)
 
     def covariance_trajectories(self, steps: ArrayLike, lr: float, d: int | None = None, *,
                                 init_scale: float | None = None, W0: ArrayLike | torch.Tensor | None = None,
-                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0) -> np.ndarray:
+                                F0: ArrayLike | torch.Tensor | None = None, loss_scale: float = 1.0,
+                                equalize: float = 0.0, max_gain: float = DEFAULT_MAX_GAIN) -> np.ndarray:
         """What a covariance monitor sees along each mode: ``s_j(t)² · v_jᵀ Σ v_j``.
 
         ``Σ`` is the covariance of the stacked views; [`StepwiseMonitor`][lightning_stepwise.monitor.StepwiseMonitor]
@@ -285,7 +323,8 @@ class LinearSSLTheory:
         """
         if self.feature_covariance is None or self.eigenvectors is None:
             raise ValueError("covariance_trajectories needs the features: build the theory with from_views")
-        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale)
+        lam = self.eigenvalue_trajectories(steps, lr, d, init_scale=init_scale, W0=W0, F0=F0, loss_scale=loss_scale,
+                                           equalize=equalize, max_gain=max_gain)
         v = self.eigenvectors[:, : lam.shape[1]]
         variance = np.einsum("mj,mk,kj->j", v, self.feature_covariance, v)
         return lam * variance / self.gammas[: lam.shape[1]]
@@ -299,13 +338,184 @@ class LinearSSLTheory:
             raise ValueError(f"only {self.learnable} modes have γ > 0: W(∞) exists for d ≤ {self.learnable}")
         return self.eigenvectors[:, :d].T / np.sqrt(self.gammas[:d])[:, None]
 
+    # ------------------------------------------------------------------ mode equaliser
+
+    def equalizer_gains(self, equalize: float, max_gain: float = DEFAULT_MAX_GAIN,
+                        d: int | None = None) -> np.ndarray:
+        """Gains ``g_j = min((γ_1/γ_j)^α, max_gain)`` of the mode equaliser of strength ``α = equalize``.
+
+        ``α = 0`` is plain gradient descent (every ``g_j = 1``); ``α = 1`` brings every mode with
+        ``γ_j ≥ γ_1 / max_gain`` to the rate of the top one, and the others to ``max_gain γ_j``. Modes
+        with ``γ_j ≤ 0`` (unlearnable) keep ``g_j = 1``: a gain would only speed up their decay.
+
+        **The update.** The gradient ``G = 4c (C − I) W Γ`` is preconditioned on the input side, along
+        the eigenvectors ``v_j`` of ``Γ``: ``W ← W − lr · G · P`` with ``P = Σ_j g_j v_j v_jᵀ``.
+
+        **Why it has a closed form.** ``P`` commutes with ``Γ``. Writing ``W = W̃ P^{1/2}`` gives
+        ``C = W̃ Γ' W̃ᵀ`` and ``W̃ ← W̃ − lr · 4c (C − I) W̃ Γ'`` with ``Γ' = Σ_j g_j γ_j v_j v_jᵀ``:
+        ``W̃`` follows plain gradient descent on a model whose rates are ``g_j γ_j``. So each eigenvalue of
+        ``C`` is the plain logistic with ``8 c g_j γ_j`` in place of ``8 c γ_j`` (gradient flow), or the
+        growth per step ``(1 + 4 c lr g_j γ_j)²`` in place of ``(1 + 4 c lr γ_j)²`` (gradient descent):
+        ``t_j(α) = ln(1/λ_j(0) − 1) / (2 ln(1 + 4 c lr g_j γ_j))`` steps. The starts do not change:
+        ``W̃(0) V = W(0) V diag(g)^{−1/2}`` scales column ``j`` of the QR's ``R`` by ``g_j^{−1/2}``, and
+        ``λ_j(0) = g_j γ_j · R_jj² / g_j = γ_j R_jj²``. The rates ``g_j γ_j = min(γ_1^α γ_j^{1−α},
+        max_gain · γ_j)`` never increase with ``j`` and never exceed ``γ_1``: the learning order is kept
+        and the step size that is stable without the equaliser stays stable.
+
+        **Tied rates.** At ``α = 1`` every mode below the cap has the rate ``γ_1``. Tied modes rise as one
+        block, so from a random start (``W0``, ``F0``) each tied group ``j..k`` starts from the squared
+        singular values of ``R[j:d, j:k] diag(γ_j..γ_k)^{1/2}`` (``R`` of the QR of ``W0 V``, all columns:
+        tied modes beyond ``d`` compete too) instead of ``γ_j R_jj²``. An aligned start (``init_scale``)
+        needs no change.
+
+        **A gradient hook on the embeddings.** A hook on ``z = W x`` that replaces ``∂L/∂z`` by
+        ``Q ∂L/∂z``, ``Q = Σ_j g_j u_j u_jᵀ`` in the embedding space, makes the update ``W ← W − lr · Q G``
+        (output side). From an aligned start ``W = U S V_dᵀ``,
+        ``G = U diag(4c (λ_j − 1) γ_j s_j) V_dᵀ``, so ``Q G = G P``: the two updates are identical and the
+        prediction holds for the hook, provided that it gives direction ``u_j`` (the ``j``-th eigenvector of
+        ``C``, by rank of ``λ_j``) the gain of mode ``j``. Where it differs: (1) from a random start the
+        eigenvectors of ``C`` mix several modes while all are small, so gains by rank are not gains by mode
+        (simulated: step times within about 6 % of this prediction instead of 1 %); (2) a hook that sets its
+        gains from the measured eigenvalues, ``g_j = (λ_max(t)/λ_j(t))^α``, follows a different, state-dependent
+        law ``dλ_j/dt = 8 c γ_j g_j(λ) λ_j (1 − λ_j)`` with no closed form here. Its gains equal these at an
+        aligned start of one scale (``λ_1(0)/λ_j(0) = γ_1/γ_j``) and drift apart as the modes grow.
+
+        Args:
+            equalize: the strength ``α``, in ``[0, 1]``.
+            max_gain: the cap on every gain, ``≥ 1`` (``float("inf")``: no cap). Default 100
+                (``lightning_stepwise.theory.DEFAULT_MAX_GAIN``): without a cap the gain of a mode with
+                ``γ_j → 0⁺`` would be unbounded, and in a real network such directions are mostly noise.
+            d: return the gains of the top ``d`` modes only (default: all).
+
+        Examples:
+            >>> th = LinearSSLTheory(np.array([4.0, 1.0, 0.01]))
+            >>> th.equalizer_gains(1.0).tolist()             # the third is capped at 100 (400 uncapped)
+            [1.0, 4.0, 100.0]
+            >>> th.equalizer_gains(0.5, d=2).tolist()
+            [1.0, 2.0]
+            >>> th.equalizer_gains(0.0).tolist()             # plain gradient descent
+            [1.0, 1.0, 1.0]
+        """
+        alpha, cap = self._check_equalizer(equalize, max_gain)
+        if d is not None:
+            self._check_d(d)
+        gammas = self.gammas if d is None else self.gammas[:d]
+        gains = np.ones(len(gammas))
+        learnable = gammas > 1e-10 * float(np.abs(self.gammas).max(initial=0.0))
+        if alpha > 0 and learnable.any():
+            gains[learnable] = np.minimum((self.gammas[0] / gammas[learnable]) ** alpha, cap)
+        return gains
+
+    def speedup(self, k: int, lr: float, equalize: float, d: int | None = None, *,
+                max_gain: float = DEFAULT_MAX_GAIN, init_scale: float | None = None,
+                W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
+                loss_scale: float = 1.0) -> float:
+        """Predicted ratio of the steps to learn ``k`` modes without and with the equaliser.
+
+        The ``k``-th smallest step time of plain gradient descent over the ``k``-th smallest with the
+        equaliser of strength ``equalize`` and cap ``max_gain``. From an aligned start of one scale the
+        ``k``-th mode learned is mode ``k`` in both runs, so this is
+        ``ln(1 + 4 c lr g_k γ_k) / ln(1 + 4 c lr γ_k)``: ``g_k`` in gradient flow (``lr → 0``), a little
+        less in gradient descent. The first mode (``g_1 = 1``) is not sped up.
+
+        Examples:
+            >>> th = LinearSSLTheory(np.array([4.0, 1.0, 0.25]))
+            >>> round(th.speedup(3, lr=0.001, equalize=1.0, d=3, init_scale=1e-3), 2)   # ≈ g_3 = 16
+            15.88
+            >>> th.speedup(1, lr=0.001, equalize=1.0, d=3, init_scale=1e-3)
+            1.0
+        """
+        starts = {"init_scale": init_scale, "W0": W0, "F0": F0, "loss_scale": loss_scale}
+        plain = np.sort(self.step_times(lr, d, **starts))
+        equalized = np.sort(self.step_times(lr, d, **starts, equalize=equalize, max_gain=max_gain))
+        learned = int(np.isfinite(plain).sum())
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= learned:
+            raise ValueError(f"k must be a number of modes between 1 and {learned} (the modes with γ > 0 among "
+                             f"the d = {len(plain)} predicted), got {k!r}")
+        if plain[k - 1] == 0:
+            raise ValueError(f"the first {k} modes start above ½ (λ_j(0) ≥ ½): there is no step to speed up; "
+                             "use a smaller init_scale or W0")
+        return float(plain[k - 1] / equalized[k - 1])
+
+    @staticmethod
+    def _check_equalizer(equalize: float, max_gain: float) -> tuple[float, float]:
+        def real(value: object) -> bool:  # a plain number; bool is an int to Python, but never meant here
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+        # NaN fails every comparison, so it is refused too
+        if not real(equalize) or not 0 <= equalize <= 1:
+            raise ValueError(f"equalize (the equaliser's strength α) must be a number in [0, 1], got {equalize!r}: "
+                             "0 is plain gradient descent, 1 gives every mode up to the cap the top mode's rate")
+        if not real(max_gain) or not max_gain >= 1:
+            raise ValueError(f"max_gain (the cap on the equaliser's gains) must be ≥ 1, got {max_gain!r}: pass "
+                             f"a cap such as the default {DEFAULT_MAX_GAIN:g}, 1 for no equalising, or "
+                             "float('inf') for no cap")
+        return float(equalize), float(max_gain)
+
+    def _equalized_rates(self, d: int, equalize: float, max_gain: float) -> np.ndarray:
+        """``g_j γ_j`` of the top ``d`` modes; exactly ``γ_j`` (the same array) when ``equalize`` is 0."""
+        alpha, _ = self._check_equalizer(equalize, max_gain)
+        if alpha == 0:
+            return self.gammas[:d]  # untouched: α = 0 gives today's numbers bit for bit
+        return self.gammas[:d] * self.equalizer_gains(alpha, max_gain, d)
+
+    def _start_and_growth(self, lr: float, d: int | None, init_scale: float | None,
+                          W0: ArrayLike | torch.Tensor | None, F0: ArrayLike | torch.Tensor | None,
+                          loss_scale: float, equalize: float, max_gain: float) -> tuple[np.ndarray, np.ndarray]:
+        """``λ_j(0)`` and the log-growth per step of the top ``d`` modes, with or without the equaliser."""
+        lam0 = self.initial_eigenvalues(d, init_scale=init_scale, W0=W0, F0=F0)
+        growth = self.growth_per_step(lr, len(lam0), loss_scale, equalize=equalize, max_gain=max_gain)
+        if equalize > 0 and init_scale is None:
+            lam0 = self._tied_starts(lam0, W0, F0, self.gammas * self.equalizer_gains(equalize, max_gain))
+        return lam0, growth
+
+    def _tied_starts(self, lam0: np.ndarray, W0: ArrayLike | torch.Tensor | None,
+                     F0: ArrayLike | torch.Tensor | None, rates: np.ndarray) -> np.ndarray:
+        """Starts of groups of modes with equal rates: the squared singular values of their block of ``R``.
+
+        The QR route (``λ_j(0) = γ_j R_jj²``) assumes that mode ``j`` grows faster than the modes after it,
+        so it only keeps the part of ``W0 v_j`` that the modes before it have not taken. Modes with one
+        rate grow as one block; their eigenvalues start from the block's singular values.
+        """
+        d = len(lam0)
+        threshold = 1e-10 * float(np.abs(self.gammas).max(initial=0.0))
+        groups = []
+        j = 0
+        while j < d:
+            k = j + 1
+            # α = 1 makes rates equal up to rounding (γ_1/γ_j · γ_j); a relative 1e-9 is far below any real gap
+            while rates[j] > threshold and k < len(rates) and abs(rates[k] - rates[j]) <= 1e-9 * rates[j]:
+                k += 1
+            if k - j > 1:
+                groups.append((j, k))
+            j = k
+        if not groups:
+            return lam0
+        if F0 is not None and self.kernel_basis is not None:
+            r = np.linalg.qr(_as_array(F0, "F0").T @ self.kernel_basis, mode="r")
+        elif W0 is not None and self.eigenvectors is not None:
+            r = np.linalg.qr(_as_array(W0, "W0") @ self.eigenvectors, mode="r")
+        else:  # unreachable after initial_eigenvalues' checks; keep the QR route
+            return lam0
+        lam0 = lam0.copy()
+        for j, k in groups:
+            block = r[j:d, j:k] * np.sqrt(self.gammas[j:k])
+            values = np.linalg.svd(block, compute_uv=False)  # descending: the first tied mode gets the largest
+            lam0[j : min(k, d)] = values[: min(k, d) - j] ** 2
+        return lam0
+
     def predict(self, lr: float, d: int | None = None, *, init_scale: float | None = None,
                 W0: ArrayLike | torch.Tensor | None = None, F0: ArrayLike | torch.Tensor | None = None,
-                loss_scale: float = 1.0) -> TheoryPrediction:
-        """Fix the training set-up; the result answers for one run (e.g. ``StepwiseMonitor(theory=...)``)."""
+                loss_scale: float = 1.0, equalize: float = 0.0, max_gain: float = DEFAULT_MAX_GAIN) -> TheoryPrediction:
+        """Fix the training set-up; the result answers for one run (e.g. ``StepwiseMonitor(theory=...)``).
+
+        ``equalize`` and ``max_gain``: a run trained with the mode equaliser
+        ([`equalizer_gains`][lightning_stepwise.theory.LinearSSLTheory.equalizer_gains]).
+        """
         w = None if W0 is None else _as_array(W0, "W0")
         f = None if F0 is None else _as_array(F0, "F0")
-        return TheoryPrediction(self, lr, d, init_scale=init_scale, W0=w, F0=f, loss_scale=loss_scale)
+        return TheoryPrediction(self, lr, d, init_scale=init_scale, W0=w, F0=f, loss_scale=loss_scale,
+                                equalize=equalize, max_gain=max_gain)
 
     @staticmethod
     def _rate(lr: float, loss_scale: float) -> float:
@@ -316,7 +526,7 @@ class LinearSSLTheory:
 
 @dataclass(frozen=True)
 class TheoryPrediction:
-    """The theory for one training set-up (learning rate, width, initialisation, loss scale).
+    """The theory for one training set-up (learning rate, width, initialisation, loss scale, equaliser).
 
     Made by [`LinearSSLTheory.predict`][lightning_stepwise.theory.LinearSSLTheory.predict]. Curves come sorted per row,
     as a monitor records
@@ -329,6 +539,9 @@ class TheoryPrediction:
         >>> prediction = th.predict(lr=0.01, d=2, init_scale=1e-3)
         >>> prediction.annotate([{"mode": 0, "onset_step": 110.0}])[0]["predicted_onset_step"] > 0
         True
+        >>> equalized = th.predict(lr=0.01, d=2, init_scale=1e-3, equalize=1.0)   # the mode equaliser, α = 1
+        >>> bool(equalized.onset_steps()[1] < prediction.onset_steps()[1])
+        True
     """
 
     theory: LinearSSLTheory
@@ -338,13 +551,17 @@ class TheoryPrediction:
     W0: np.ndarray | None = None
     F0: np.ndarray | None = None
     loss_scale: float = 1.0
+    equalize: float = 0.0
+    max_gain: float = DEFAULT_MAX_GAIN
 
     def __post_init__(self) -> None:
         self.theory.initial_eigenvalues(self.d, init_scale=self.init_scale, W0=self.W0, F0=self.F0)  # errors now
         LinearSSLTheory._rate(self.lr, self.loss_scale)
+        LinearSSLTheory._check_equalizer(self.equalize, self.max_gain)
 
     def _args(self) -> dict[str, Any]:
-        return {"init_scale": self.init_scale, "W0": self.W0, "F0": self.F0, "loss_scale": self.loss_scale}
+        return {"init_scale": self.init_scale, "W0": self.W0, "F0": self.F0, "loss_scale": self.loss_scale,
+                "equalize": self.equalize, "max_gain": self.max_gain}
 
     def step_times(self) -> np.ndarray:
         """Steps at which each mode is half learned, in ``γ`` order (``inf``: never)."""

@@ -78,3 +78,25 @@ def test_a_point_that_does_not_exist_warns_and_the_fit_finishes(tmp_path):
 def test_bad_arguments_are_refused_at_construction(kwargs, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         ModeAtlas(**kwargs)
+
+
+def test_verbose_false_prints_nothing_and_the_figure_is_drawn_once_without_image_loggers(tmp_path, capsys,
+                                                                                         monkeypatch):
+    import lightning_stepwise.atlas as atlas_module
+    import lightning_stepwise.atlas_callback as callback_module
+
+    drawn = []
+    original = atlas_module.plot_atlas
+
+    def counting_plot(*args, **kwargs):
+        drawn.append(kwargs.get("rows") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(atlas_module, "plot_atlas", counting_plot)
+    monkeypatch.setattr(callback_module, "plot_atlas", counting_plot)
+    images, labels = load_digits_images(size=16)
+    atlas = ModeAtlas(images[:100], labels[:100], point="projection_head", modes=2, verbose=False)
+    fit(tmp_path, [atlas], steps=2)  # logger=False: no logger takes images
+    assert "ModeAtlas" not in capsys.readouterr().out
+    assert (tmp_path / "stepwise" / "atlas" / "atlas.png").stat().st_size > 0
+    assert len(drawn) == 1  # atlas.png only, no second figure for the loggers

@@ -23,13 +23,21 @@ def test_demo_command_trains_prints_and_writes(tmp_path, capsys):
     assert len(files) == 1
     assert {p.name for p in files[0].parent.iterdir()} == {
         "spectrum.npz", "spectrum.csv", "onsets.csv", "onsets.json", "stepwise.png", "probe.csv", "probe_modes.csv",
-        "probe_modes.png", "problems.json"}
+        "probe_modes.png", "problems.json", "atlas"}
+    # the atlas at fit end only (no mode_<n> folders), one mode (none learned), on the probe's 539 images
+    atlas = files[0].parent / "atlas"
+    assert {p.name for p in atlas.iterdir()} == {"modes.csv", "atlas.png"}
+    assert (atlas / "atlas.png").stat().st_size > 1_000
+    modes_csv = (atlas / "modes.csv").read_text().splitlines()
+    assert len(modes_csv) == 2 and "best_auc" in modes_csv[0] and "auc_9" in modes_csv[0]
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     history = load_spectrum(files[0])
     assert list(history["step"]) == [0, 8, 16]
     assert history["eigenvalues"].shape == (3, 64)
     assert (np.diff(history["eigenvalues"], axis=1) <= 0).all()  # descending
-    assert "demo finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "demo finished" in out
+    assert "strongest" not in out and "Mode atlas" not in out and "ModeAtlas" not in out  # quiet: no atlas table
 
 
 def test_demo_summary_table_names_the_columns(tmp_path, capfd):
@@ -38,13 +46,20 @@ def test_demo_summary_table_names_the_columns(tmp_path, capfd):
     assert "eff.rank" in out and "spectrum.npz" in out and str(tmp_path) in out
     # progress before the slow parts, in order
     starts = [out.index(line) for line in ("loading PyTorch", "Preparing the data", "Training for 16 steps",
-                                           "Writing the files and probing")]
+                                           "Writing the files, probing", "drawing the mode atlas")]
     assert starts == sorted(starts)
     # what this run measured, not a claim; no mode learned in 2 measurements, and why
     assert "2 measurements over 16 steps" in out and "Largest rise: eigenvalue" in out
     assert "Modes are learned one after another" not in out
     assert "0 modes learned. Why: too few measurements: 2 (steps 0 to 8, every 8)" in " ".join(out.split())
     assert "Linear probe" in out and "top-k eigen-directions" in out
+    # the atlas table, once, between the modes learned and the probe
+    assert out.count("Mode atlas of the final embeddings on the probe's 539 validation images") == 1
+    assert out.count("mode  eigenvalue  strongest") == 1 and "best class" in out and "ModeAtlas:" not in out
+    assert out.index("0 modes learned") < out.index("Mode atlas of") < out.index("Linear probe")
+    table = out[out.index("mode  eigenvalue  strongest"):].splitlines()
+    assert table[1].split()[0] == "0" and table[2] == ""  # one mode: none learned in 16 steps
+    assert "atlas/atlas.png, atlas/modes.csv" in out  # in the Files line
     # the first screen is the package's: no Lightning tips, device lines or deprecation warnings
     for noise in ("Tip:", "LitLogger", "GPU available", "TPU available", "is deprecated", "logging interval"):
         assert noise not in out + err, noise

@@ -485,6 +485,19 @@ def test_the_learned_mode_line_numbers_modes_from_one_and_counts_them_so_far(cap
     assert capsys.readouterr().out == "StepwiseMonitor: mode #3 learned at step 275, epoch 37 (3 learned so far)\n"
 
 
+def test_two_modes_confirmed_by_one_measurement_are_counted_one_after_the_other(capsys):
+    monitor = StepwiseMonitor()
+    onsets = [{"mode": 0.0, "onset_step": 11.0, "onset_epoch": 0.0}, {"mode": 1.0, "onset_step": 19.0,
+                                                                        "onset_epoch": 0.0}]
+    measurement = Measurement(point="criterion", step=40, epoch=0, time=0.0, lr=0.1, samples=1024, loss=1.0,
+                              eigenvalues=np.ones(3), summary=None, modes_learned=2, new_onsets=onsets,
+                              partial=False)
+    monitor._announce(SimpleNamespace(is_global_zero=True, progress_bar_callback=None), measurement)
+    assert capsys.readouterr().out.splitlines() == [
+        "StepwiseMonitor: mode #1 learned at step 11, epoch 0 (1 learned so far)",
+        "StepwiseMonitor: mode #2 learned at step 19, epoch 0 (2 learned so far)"]
+
+
 def test_a_run_that_learns_no_mode_says_why_at_fit_end(tmp_path, capsys):
     monitor = StepwiseMonitor(every_n_steps=2, window=16, save_figure=False)
     trainer = pl.Trainer(max_steps=6, callbacks=[monitor], logger=False, enable_checkpointing=False,
