@@ -24,9 +24,9 @@ and what the features carry.
 
 commands:
   demo    train a small Lightly Barlow Twins model on scikit-learn's embedded
-          digits (CPU, about 2 min) with StepwiseMonitor and LinearProbe; print
-          the spectrum, the learned modes and the probe; write stepwise.png,
-          the tables and a checkpoint
+          digits (CPU, a few min) with StepwiseMonitor, LinearProbe and
+          ModeAtlas; print the spectrum, the learned modes, the mode atlas and
+          the probe; write stepwise.png, atlas.png, the tables and a checkpoint
   report  detect the learned modes of a recorded run again from its
           spectrum*.npz (other detection options if you like); print the
           table, or why no mode was learned; redraw stepwise.png
@@ -442,10 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", formatter_class=_HelpFormatter,
         description=_paragraph(
             "Train a small Lightly Barlow Twins model on scikit-learn's embedded digits (1,797 images, 16x16, two "
-            "augmented views each) on the CPU, with StepwiseMonitor and LinearProbe. Prints the spectrum of the "
-            "embeddings over time, the modes learned (their onset steps) or why none were, and the linear probe; "
-            "writes spectrum.npz, onsets.csv, stepwise.png and the probe's files under "
-            "DIR/logs/version_N/stepwise, and DIR/checkpoints/last.ckpt."),
+            "augmented views each) on the CPU, with StepwiseMonitor, LinearProbe and ModeAtlas. Prints the spectrum "
+            "of the embeddings over time, the modes learned (their onset steps) or why none were, what each mode "
+            "encodes (the mode atlas: its strongest image statistic and the digit it separates best) and the "
+            "linear probe; writes spectrum.npz, onsets.csv, stepwise.png, the probe's files and atlas/modes.csv "
+            "and atlas/atlas.png under DIR/logs/version_N/stepwise, and DIR/checkpoints/last.ckpt."),
         epilog="examples:\n  lightning-stepwise demo\n  lightning-stepwise demo --max-steps 2000 --every-n-steps 10"
                "\n  lightning-stepwise demo --small-init 1.0 --output demo-default-init")
     demo.add_argument("--max-steps", "--steps", dest="max_steps", type=int, default=800, metavar="N",
