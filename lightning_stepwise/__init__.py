@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what type checkers and the API docs see; at run time, __getattr__ below imports on first use
     from lightning_stepwise.atlas_callback import ModeAtlas
     from lightning_stepwise.capture import NoEmbeddingFoundError
+    from lightning_stepwise.equalizer_callback import ModeEqualizer
     from lightning_stepwise.linear_probe import LinearProbe
     from lightning_stepwise.loss_steps import detect_loss_steps, match_loss_drops
     from lightning_stepwise.mode_identity import ModeMatcher
@@ -44,6 +45,7 @@ _SOURCES: dict[str, str] = {
     "NoEmbeddingFoundError": "capture",
     "LinearProbe": "linear_probe",
     "ModeAtlas": "atlas_callback",
+    "ModeEqualizer": "equalizer_callback",
     "detect_loss_steps": "loss_steps",
     "match_loss_drops": "loss_steps",
     "ModeMatcher": "mode_identity",
@@ -102,6 +104,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "LinearProbe",
     "ModeAtlas",
+    "ModeEqualizer",
     "LinearSSLTheory",
     "ModeMatcher",
     "NoEmbeddingFoundError",

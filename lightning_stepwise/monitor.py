@@ -276,6 +276,22 @@ class StepwiseMonitor(Callback):
         table, _ = final_onset_table(self.tracker.history(point), self.tracker.onset_records(point), theory)
         return table
 
+    def latest_measurement(self, point: str | None = None) -> Measurement | None:
+        """The last recorded spectrum of a tracking point (default: the first), with its leading directions.
+
+        What callbacks that act on the current spectrum read (the
+        [`ModeEqualizer`][lightning_stepwise.equalizer_callback.ModeEqualizer]): ``eigenvalues`` and, with
+        ``mode_directions > 0``, ``directions`` (``d x k``). None before the first measurement (and after
+        a resume, until the next); every DDP rank records the same one, at the same batch.
+
+        Examples:
+            >>> StepwiseMonitor().latest_measurement() is None  # not fitted yet
+            True
+        """
+        if self.tracker is None:
+            return None
+        return self.tracker.latest_measurement(point if point is not None else self.tracker.point_names[0])
+
     @property
     def tracking_points(self) -> list[TrackingPoint]:
         """Where the embeddings are captured (known after set-up): name, source, ``describe()``."""

@@ -78,6 +78,9 @@ class Measurement:
     modes_learned: int
     new_onsets: list[dict[str, float]]
     partial: bool
+    directions: np.ndarray | None = None
+    """The leading eigen-directions (``d x k`` float32 columns, in the order of ``eigenvalues``; ``k`` is at most
+    ``mode_directions`` and the rank), or None without identity tracking."""
 
 
 @dataclass
@@ -171,6 +174,7 @@ class SpectrumTracker:
         self._solver = HostSolver()
         self._pending: _Pending | None = None
         self._recorded: list[Measurement] = []
+        self._latest: dict[str, Measurement] = {}
         self.window: _Window | None = None
         self.time = 0.0
         """Effective time: the sum of the learning rate over the steps counted so far."""
@@ -213,6 +217,22 @@ class SpectrumTracker:
         """Measurements recorded since the last call, oldest first (for loggers)."""
         recorded, self._recorded = self._recorded, []
         return recorded
+
+    def latest_measurement(self, point: str) -> Measurement | None:
+        """One point's last recorded measurement (kept by `take_recorded` too), or None before the first.
+
+        Examples:
+            >>> tracker = SpectrumTracker(["head"], every_n_steps=1, window=8, mode_directions=2)
+            >>> tracker.latest_measurement("head") is None
+            True
+            >>> _ = tracker.start_batch(0)
+            >>> tracker.end_batch({"head": [torch.randn(8, 3)]})
+            >>> tracker.finish(1)
+            >>> tracker.latest_measurement("head").directions.shape
+            (3, 2)
+        """
+        self._point(point)  # an unknown name raises, naming the tracked ones
+        return self._latest.get(point)
 
     def _point(self, name: str) -> TrackedPoint:
         if name not in self._points:
@@ -378,10 +398,13 @@ class SpectrumTracker:
             trace=result.summary.trace, effective_rank=result.summary.effective_rank,
             participation_ratio=result.summary.participation_ratio)
         new = [] if pending.partial else p.update_onsets()
-        self._recorded.append(Measurement(
+        measurement = Measurement(
             point=p.spec.name, step=window.step, epoch=window.epoch, time=window.time, lr=window.lr,
             samples=int(result.samples), loss=loss, eigenvalues=top, summary=result.summary,
-            modes_learned=len(p.onsets.records), new_onsets=new, partial=pending.partial))
+            modes_learned=len(p.onsets.records), new_onsets=new, partial=pending.partial,
+            directions=result.directions)
+        self._recorded.append(measurement)
+        self._latest[p.spec.name] = measurement
 
     def finish(self, step: int | None = None) -> None:
         """At the end of training: record what is in flight, and a window still open as a partial measurement.

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/index.md", "docs/quickstart.md", "docs/troubleshooting.md", "docs/atlas.md"]
+PAGES = ["README.md", "docs/index.md", "docs/quickstart.md", "docs/troubleshooting.md", "docs/atlas.md",
+         "docs/equalizer.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
