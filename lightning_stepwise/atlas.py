@@ -590,8 +590,9 @@ def plot_atlas(
 ) -> Any:
     """One overview figure: a row per mode, its ``per_side`` lowest then ``per_side`` highest images.
 
-    Within a row the coordinate grows from left to right (the lowest image first, the highest last);
-    each image is titled with its coordinate. Values are shown on one scale for the whole figure (the
+    Within a row the coordinate grows from left to right (the lowest image first, the highest last,
+    a red line between the two ends); each image is labelled with its coordinate. Each row is one axes
+    holding one image of its tiles. Values are shown on one scale for the whole figure (the
     images' minimum to maximum when outside [0, 1]), so brightness differences stay visible; 1-channel
     images use a gray colormap, other channel counts than 1 and 3 are shown as their channel mean.
 
@@ -611,8 +612,8 @@ def plot_atlas(
     Examples:
         >>> images = torch.rand(6, 1, 4, 4)
         >>> fig = plot_atlas(images, mode_coordinates(images.flatten(1), k=2), 2, None)
-        >>> len(fig.axes), fig.axes[0].images[0].get_cmap().name
-        (8, 'gray')
+        >>> len(fig.axes), fig.axes[0].images[0].get_cmap().name   # one axes per mode
+        (2, 'gray')
     """
     from matplotlib.figure import Figure
 
@@ -632,29 +633,36 @@ def plot_atlas(
     else:
         pictures = x.mean(dim=1).numpy()
     m = top.shape[1]
+    height, width = pictures.shape[1], pictures.shape[2]
+    gap = max(1, width // 8)
+    # One image per mode row, the tiles side by side: one axes per row instead of one per image keeps the
+    # figure a small fraction of the atlas's cost (hundreds of axes took seconds to lay out and save).
+    stride = width + gap
     cell = 1.1 if 2 * m <= 16 else 0.8
     fig = Figure(figsize=(cell * 2 * m + 1.2, cell * len(chosen) + 0.6), layout="constrained")
-    axes = fig.subplots(len(chosen), 2 * m, squeeze=False)
+    axes = fig.subplots(len(chosen), 1, squeeze=False)[:, 0]
     described = {row["mode"]: row for row in rows or []}
-    for r, j in enumerate(chosen):
+    for ax, j in zip(axes, chosen, strict=True):
         order = np.concatenate([bottom[j], top[j][::-1]])
+        mosaic = np.ones((height, 2 * m * stride - gap, *pictures.shape[3:]), dtype=np.float64)
         for col, index in enumerate(order):
-            ax = axes[r, col]
-            if pictures.ndim == 3:
-                ax.imshow(pictures[index], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(np.clip(pictures[index], 0.0, 1.0), interpolation="nearest")
-            ax.set_title(f"{coords[index, j]:.2g}", fontsize=6, pad=2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == m:  # the first of the highest images: mark where the two ends meet
-                ax.spines["left"].set_color("tab:red")
-                ax.spines["left"].set_linewidth(2)
+            mosaic[:, col * stride:col * stride + width] = np.clip(pictures[index], 0.0, 1.0)
+            ax.text(col * stride + (width - 1) / 2, -0.8, f"{coords[index, j]:.2g}", fontsize=6, ha="center",
+                    va="bottom")
+        if pictures.ndim == 3:
+            ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(mosaic, interpolation="nearest")
+        ax.axvline(m * stride - gap / 2 - 0.5, color="tab:red", linewidth=2)  # where the two ends meet
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         label = f"mode {j}"
         row = described.get(j)
         if row is not None and row.get("strongest"):
             label += f"\n{row['strongest']}\nr={row['r']:.2f}"
-        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+        ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(f"lowest {m}  ←  coordinate along the mode  →  highest {m}", fontsize=9)
     if path is not None:
         fig.savefig(path, dpi=120)

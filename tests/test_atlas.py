@@ -206,14 +206,23 @@ def test_plot_atlas_layout_and_colormaps(tmp_path):
     m = mode_coordinates(gray.flatten(1), k=3)
     fig = plot_atlas(gray, m, 2, tmp_path / "gray.png", modes=[0, 2])
     assert (tmp_path / "gray.png").stat().st_size > 0
-    assert len(fig.axes) == 2 * 4
+    assert len(fig.axes) == 2  # one axes per mode row
     assert fig.axes[0].images[0].get_cmap().name == "gray"
-    assert fig.axes[0].get_ylabel() == "mode 0" and fig.axes[4].get_ylabel() == "mode 2"
-    titles = [float(ax.get_title()) for ax in fig.axes[:4]]
-    assert titles == sorted(titles)  # lowest first, highest last
+    assert fig.axes[0].get_ylabel() == "mode 0" and fig.axes[1].get_ylabel() == "mode 2"
+    labels = [float(t.get_text()) for t in fig.axes[0].texts]
+    assert len(labels) == 4 and labels == sorted(labels)  # lowest first, highest last
+    expected = np.sort(m.coordinates[:, 0])
+    assert labels[:2] == pytest.approx(expected[:2], rel=0.05) and labels[2:] == pytest.approx(expected[-2:],
+                                                                                               rel=0.05)
+    row = fig.axes[0].images[0].get_array()
+    assert row.shape == (8, 4 * 8 + 3 * 1)  # four 8-pixel tiles, 1-pixel gaps
+    order = np.argsort(m.coordinates[:, 0], kind="stable")
+    assert 0.0 <= float(gray.min()) and float(gray.max()) <= 1.0  # shown as they are, not rescaled
+    assert np.allclose(row[:, :8], gray[order[0], 0].numpy())  # the lowest image's pixels, in the first tile
+    assert np.allclose(row[:, 8], 1.0)  # then a white gap
     colour, _ = red_images()
     fig = plot_atlas(colour * 2 - 1, mode_coordinates(colour.flatten(1), k=1), 2, None)  # any range
-    assert fig.axes[0].images[0].get_array().shape == (8, 8, 3)
+    assert fig.axes[0].images[0].get_array().shape == (8, 4 * 8 + 3, 3)
     with pytest.raises(ValueError, match="modes"):
         plot_atlas(gray, m, 2, None, modes=[3])
 
