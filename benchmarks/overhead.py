@@ -41,6 +41,12 @@ time, which overlaps the device's work while the GPU is the bottleneck). On a GP
 of the run with the monitor is printed too. On a CPU shared with other jobs, ``--threads 1`` avoids the
 thread contention that otherwise dominates the step time.
 
+``--equalizer ALPHA`` measures what [`ModeEqualizer`] adds instead: both runs of a pair carry the monitor,
+and the "with" run adds ``ModeEqualizer(alpha=ALPHA)``, which rescales the loss inputs' gradient along the
+monitor's directions from its first spectrum on (``--every-n-steps`` apart, as the monitor measures). The
+hooks column is then the equaliser's own host time: its per-step hooks and its gradient hook (on a shared
+CPU a steadier estimate of its cost than the pair ratios).
+
 ``--arch resnet18|resnet50`` trains a Lightly-style Barlow Twins module (torchvision ResNet backbone,
 ``BarlowTwinsProjectionHead(features, dim, dim)``, ``BarlowTwinsLoss``).
 """
@@ -58,7 +64,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_stepwise import StepwiseMonitor
+from lightning_stepwise import ModeEqualizer, StepwiseMonitor, equalizer_callback
 from lightning_stepwise.data import digits_dataloader
 from lightning_stepwise.demo import DigitsBarlowTwins
 from lightning_stepwise.embedding_tap import EmbeddingTap
@@ -177,16 +183,21 @@ class StepTimer(pl.Callback):
         return (self.end - self.start) / (self.total - self.skip)
 
 
-class MonitorClock:
-    """Host time inside the monitor's per-step hooks and embedding taps (timed steps only), and at train end."""
+class HookClock:
+    """Host time inside a callback's per-step hooks and the given functions (timed steps only), and at train end.
 
-    def __init__(self, monitor: StepwiseMonitor, timer: StepTimer) -> None:
+    For the monitor, its embedding taps (``EmbeddingTap._on_loss_inputs`` and ``_on_module_output``); for the
+    equaliser, its gradient hook (``equalizer_callback._rescale_hook``). On a CPU everything is synchronous,
+    so this is the full cost of that code; on a GPU it is host time only.
+    """
+
+    def __init__(self, callback: pl.Callback, timer: StepTimer, patched: list[tuple[Any, str]]) -> None:
         self.timer = timer
         self.per_step = 0.0
         self.train_end = 0.0
         for name in ("on_train_batch_start", "on_train_batch_end", "on_train_end"):
-            setattr(monitor, name, self._wrap(getattr(monitor, name), name == "on_train_end"))
-        self._taps = {name: getattr(EmbeddingTap, name) for name in ("_on_loss_inputs", "_on_module_output")}
+            setattr(callback, name, self._wrap(getattr(callback, name), name == "on_train_end"))
+        self._originals = {(owner, name): getattr(owner, name) for owner, name in patched}
 
     def _wrap(self, original: Any, at_end: bool) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -201,28 +212,36 @@ class MonitorClock:
                     self.per_step += time.perf_counter() - start
         return wrapped
 
-    def __enter__(self) -> MonitorClock:
-        for name, original in self._taps.items():  # before fit: the taps bind their hooks at attach
-            setattr(EmbeddingTap, name, self._wrap(original, at_end=False))
+    def __enter__(self) -> HookClock:
+        for (owner, name), original in self._originals.items():  # before fit: hooks bind them when attached
+            setattr(owner, name, self._wrap(original, at_end=False))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for name, original in self._taps.items():
-            setattr(EmbeddingTap, name, original)
+        for (owner, name), original in self._originals.items():
+            setattr(owner, name, original)
 
 
 def run_once(args: argparse.Namespace, mode: str, with_monitor: bool, resident: list[Any] | None,
              steps: int | None = None) -> tuple[float, float, float, int]:
-    """One fit: (seconds per timed step, monitor seconds per timed step, monitor seconds at train end, peak)."""
+    """One fit: (seconds per timed step, monitor seconds per timed step, monitor seconds at train end, peak).
+
+    With ``--equalizer`` both runs carry the monitor and ``with_monitor`` adds the equaliser.
+    """
     steps = steps or args.steps
     pl.seed_everything(args.seed, verbose=False)
     timer = StepTimer(args.device, steps, min(args.skip, steps - 1))
     callbacks: list[pl.Callback] = [timer]
     clock = None
-    if with_monitor:
-        monitor = StepwiseMonitor(every_n_steps=args.every_n_steps, window=args.window, prog_bar=False)
-        clock = MonitorClock(monitor, timer)
+    if with_monitor or args.equalizer is not None:
+        monitor = StepwiseMonitor(every_n_steps=args.every_n_steps, window=args.window, prog_bar=False,
+                                  verbose=False)
+        clock = HookClock(monitor, timer, [(EmbeddingTap, "_on_loss_inputs"), (EmbeddingTap, "_on_module_output")])
         callbacks.append(monitor)
+    if with_monitor and args.equalizer is not None:
+        equalizer = ModeEqualizer(alpha=args.equalizer)
+        clock = HookClock(equalizer, timer, [(equalizer_callback, "_rescale_hook")])  # its own cost, not the monitor's
+        callbacks.append(equalizer)
     trainer = pl.Trainer(
         max_steps=steps, max_epochs=-1, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
         precision="bf16-mixed" if args.device == "cuda" else "32-true", callbacks=callbacks, logger=False,
@@ -303,6 +322,8 @@ def main() -> None:
     parser.add_argument("--every-n-steps", type=int, default=50)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--equalizer", type=float, default=None, metavar="ALPHA",
+                        help="time ModeEqualizer(alpha=ALPHA) on top of the monitor instead of the monitor itself")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default); 1 is steadier on a CPU shared with other jobs")
     args = parser.parse_args()
@@ -322,10 +343,14 @@ def main() -> None:
              else f"{args.arch} Barlow Twins ({args.image_size} px random images, projector {args.dim})")
     print(f"model: {model}, batch {args.batch_size}, {args.steps} steps a run ({args.steps - args.skip} timed) x "
           f"{args.rounds} pairs; monitor every {args.every_n_steps} steps over {args.window} samples")
+    if args.equalizer is not None:
+        print(f"timed: ModeEqualizer(alpha={args.equalizer:g}); 'without' runs the monitor alone, 'with' adds the "
+              "equaliser (the hooks column is the equaliser's own: its step hooks and its gradient hook)")
     print()
     memory = args.device == "cuda"
     print("| data | without (ms/step, median) | with (ms/step, median) | median pair ratio | pair ratios (min-max) "
-          "| ratio of medians | monitor hooks (ms/step) | hooks / step |" + (" extra peak memory |" if memory else ""))
+          f"| ratio of medians | {'equaliser' if args.equalizer is not None else 'monitor'} hooks (ms/step) "
+          "| hooks / step |" + (" extra peak memory |" if memory else ""))
     print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if memory else ""))
     for r in results:
         with_ms, without_ms = statistics.median(r["with"]) * 1e3, statistics.median(r["without"]) * 1e3

@@ -134,12 +134,17 @@ def rescale_gradient(grad: Tensor, directions: Tensor, gain_offsets: Tensor) -> 
     return rescaled.to(grad.dtype).reshape(grad.shape)
 
 
-def guarded_rescale(grad: Tensor, directions: Tensor, gain_offsets: Tensor, counts: Tensor) -> Tensor:
+def guarded_rescale(grad: Tensor, directions: Tensor, gain_offsets: Tensor, counts: Tensor,
+                    preserve_norm: bool = False) -> Tensor:
     """`rescale_gradient`, or ``grad`` untouched when either is not finite (counted in ``counts``, on the device).
 
     ``counts`` (int64, two entries, the order of ``GRADIENT_PROBLEMS``) is incremented in place: ``[0]`` when
     the incoming gradient is not finite, ``[1]`` when it is but the rescaled one is not. Only tensor
     operations: the host never waits for the device.
+
+    With ``preserve_norm`` the rescaled gradient is scaled back to the incoming gradient's norm (over the whole
+    tensor): the gains then only shift the gradient towards the small directions, and never lengthen the
+    step. Since every gain is at least 1, that factor is at most 1.
 
     Examples:
         >>> counts = torch.zeros(2, dtype=torch.int64)
@@ -150,8 +155,14 @@ def guarded_rescale(grad: Tensor, directions: Tensor, gain_offsets: Tensor, coun
         tensor([[nan, 1.]])
         >>> counts.tolist()
         [1, 0]
+        >>> guarded_rescale(torch.tensor([[3.0, 4.0]]), u, offsets, counts, preserve_norm=True)  # norm 5 kept
+        tensor([[4.1603, 2.7735]])
     """
     rescaled = rescale_gradient(grad, directions, gain_offsets)
+    if preserve_norm:
+        rescaled_norm = torch.linalg.vector_norm(rescaled.float())
+        shrink = torch.linalg.vector_norm(grad.float()) / rescaled_norm.clamp_min(torch.finfo(torch.float32).tiny)
+        rescaled = rescaled * shrink.clamp(max=1.0).to(rescaled.dtype)
     incoming_ok = torch.isfinite(grad).all()
     outgoing_ok = torch.isfinite(rescaled).all()
     counts.add_(torch.stack([~incoming_ok, incoming_ok & ~outgoing_ok]).to(counts.dtype))

@@ -42,15 +42,16 @@ _PROBLEM_PHRASES = {
 class _Spectrum:
     """The rescaling in force, on the device: directions ``d x k`` and ``gain − 1`` per direction."""
 
-    def __init__(self, directions: Tensor, gain_offsets: Tensor, counts: Tensor) -> None:
+    def __init__(self, directions: Tensor, gain_offsets: Tensor, counts: Tensor, preserve_norm: bool) -> None:
         self.directions = directions
         self.gain_offsets = gain_offsets
         self.counts = counts
+        self.preserve_norm = preserve_norm
         self.width = directions.shape[0]
 
 
 def _rescale_hook(spectrum: _Spectrum, grad: Tensor) -> Tensor:
-    return guarded_rescale(grad, spectrum.directions, spectrum.gain_offsets, spectrum.counts)
+    return guarded_rescale(grad, spectrum.directions, spectrum.gain_offsets, spectrum.counts, spectrum.preserve_norm)
 
 
 class ModeEqualizer(Callback):
@@ -61,8 +62,9 @@ class ModeEqualizer(Callback):
     directions, ``λ_1`` the largest), the gradient ``g = ∂L/∂z`` of every embedding row at the monitor's
     tracking point becomes ``g + Σ_r (gain_r − 1)(g·u_r) u_r`` with ``gain_r = min((λ_1/λ_r)^alpha,
     max_gain)``; components outside those directions are untouched. Directions with a non-positive
-    eigenvalue keep the gain 1. In the linear model this multiplies mode ``r``'s growth rate by
-    ``gain_r`` (see "Equalising the modes" in the theory docs).
+    eigenvalue keep the gain 1. With ``preserve_norm`` (the default) the result is then scaled back to the
+    norm of the gradient tensor it came from. Without it, in the linear model, this multiplies mode ``r``'s
+    growth rate by ``gain_r`` (see "Equalising the modes" in the theory docs).
 
     Which tensors: exactly those the monitor measures. For a loss's inputs (the default for a Lightly
     module), every online input of each call of the loss during a training step (both views, separate or
@@ -95,6 +97,11 @@ class ModeEqualizer(Callback):
         update_every_n_measurements: take every n-th new spectrum of the monitor (1: each).
         warmup_steps: logging steps trained unchanged before the rescaling may start.
         point: the monitor's tracking point to rescale, by name (``monitor.tracking_points``); None: its first.
+        preserve_norm: scale each rescaled gradient tensor back to the norm it arrived with, so that the
+            gains tilt the gradient towards the small directions without lengthening the step (the default:
+            early in training most directions sit at the cap, and without it a real network's step can grow
+            up to ``max_gain`` times and diverge). False: the linear theory's equaliser, every gain a pure
+            speed-up of its direction.
 
     Raises ``RuntimeError`` at set-up when the Trainer has no ``StepwiseMonitor`` or the monitor keeps no
     directions (``mode_directions=0``), and ``ValueError`` for an unknown ``point`` or an ``embedding_fn``
@@ -118,9 +125,13 @@ class ModeEqualizer(Callback):
         update_every_n_measurements: int = 1,
         warmup_steps: int = 0,
         point: str | None = None,
+        preserve_norm: bool = True,
     ) -> None:
         super().__init__()
         check_equalizer_options(alpha, max_gain, update_every_n_measurements, warmup_steps, point)
+        if not isinstance(preserve_norm, bool):
+            raise TypeError(f"ModeEqualizer(preserve_norm={preserve_norm!r}): pass True or False")
+        self.preserve_norm = preserve_norm
         self.alpha = float(alpha)
         self.max_gain = float(max_gain)
         self.update_every_n_measurements = update_every_n_measurements
@@ -273,7 +284,8 @@ class ModeEqualizer(Callback):
             self._counts = DeviceCounts(len(GRADIENT_PROBLEMS), device)
             self._counted[:] = 0
         self._spectrum = _Spectrum(_to_device(vectors.astype(np.float32), device),
-                                   _to_device((gains - 1.0).astype(np.float32), device), self._counts.values)
+                                   _to_device((gains - 1.0).astype(np.float32), device), self._counts.values,
+                                   self.preserve_norm)
         self.gains = gains
         self._host_spectrum = {"eigenvalues": values, "directions": vectors}
         self.updates += 1

@@ -96,6 +96,22 @@ def test_non_finite_gradients_are_left_untouched_and_counted():
     assert counts.tolist() == [1, 1]
 
 
+def test_preserve_norm_keeps_the_norm_and_the_rescaled_direction():
+    u = torch.from_numpy(orthonormal(6, 2)).float()
+    offsets = torch.tensor([3.0, 9.0])
+    grad = torch.randn(5, 6)
+    counts = torch.zeros(2, dtype=torch.int64)
+    rescaled = rescale_gradient(grad, u, offsets)
+    kept = guarded_rescale(grad, u, offsets, counts, preserve_norm=True)
+    torch.testing.assert_close(kept.norm(), grad.norm())
+    torch.testing.assert_close(kept, rescaled * grad.norm() / rescaled.norm())
+    assert torch.equal(guarded_rescale(torch.zeros(5, 6), u, offsets, counts, preserve_norm=True), torch.zeros(5, 6))
+    nan_grad = grad.clone()
+    nan_grad[0, 0] = float("nan")
+    assert torch.equal(guarded_rescale(nan_grad, u, offsets, counts, preserve_norm=True).isnan(), nan_grad.isnan())
+    assert counts.tolist() == [1, 0]
+
+
 def test_device_counts_reach_the_host_once():
     counts = DeviceCounts(2, "cpu")
     assert counts.ready() is None
@@ -202,6 +218,20 @@ def fixed_loader(n: int = 16, dim: int = 10) -> DataLoader:
     return DataLoader([((a[0], a[1]), y) for a, y in data], batch_size=n, shuffle=False)  # one batch, every step
 
 
+def known_rescaling(model: FixedEmbedding, equalizer: ModeEqualizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, directions, gains) for ``alpha=1, max_gain=8`` computed independently of the package."""
+    # the covariance of both views' embeddings (the window holds one batch)
+    x = model.inputs[0].double().numpy()
+    rows = x @ model.projection_head.weight.detach().double().numpy().T
+    values, vectors = np.linalg.eigh(np.cov(rows, rowvar=False))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    u = vectors[:, :3]
+    gains = np.minimum(values[0] / values[:3], 8.0)
+    assert gains.max() > 2  # the checks tell rescaled from untouched
+    np.testing.assert_allclose(equalizer.gains, gains, rtol=1e-4)
+    return x, u, gains
+
+
 @pytest.mark.parametrize("concat_views", [False, True])
 @pytest.mark.parametrize("point", ["criterion", "projection_head"])
 def test_the_gradient_below_the_embedding_is_rescaled_as_specified(concat_views, point):
@@ -209,18 +239,10 @@ def test_the_gradient_below_the_embedding_is_rescaled_as_specified(concat_views,
     loader = fixed_loader()
     monitor = StepwiseMonitor(module=point, every_n_steps=1, window=32, mode_directions=3, verbose=False,
                               save_figure=False)
-    equalizer = ModeEqualizer(alpha=1.0, max_gain=8.0)
+    equalizer = ModeEqualizer(alpha=1.0, max_gain=8.0, preserve_norm=False)
     trainer(max_steps=4, callbacks=[monitor, equalizer]).fit(model, loader)
 
-    # the spectrum, independently: the covariance of both views' embeddings (the window holds one batch)
-    x = model.inputs[0].double().numpy()
-    rows = x @ model.projection_head.weight.detach().double().numpy().T
-    values, vectors = np.linalg.eigh(np.cov(rows, rowvar=False))
-    values, vectors = values[::-1], vectors[:, ::-1]
-    u = vectors[:, :3]
-    gains = np.minimum(values[0] / values[:3], 8.0)
-    assert gains.max() > 2  # the check below tells rescaled from untouched
-    np.testing.assert_allclose(equalizer.gains, gains, rtol=1e-4)
+    x, u, gains = known_rescaling(model, equalizer)
 
     for step, (raw, weight_grad) in enumerate(zip(model.raw, model.weight_grads, strict=True)):
         g = torch.cat(raw).double().numpy()  # rows of (view 0; view 1), as x
@@ -231,6 +253,32 @@ def test_the_gradient_below_the_embedding_is_rescaled_as_specified(concat_views,
                                    atol=2e-5 * np.abs(expected).max())
     assert equalizer.updates == 3  # a new measurement at steps 1, 2, 3
     assert equalizer.problems == dict.fromkeys(equalizer.problems, 0)
+
+
+@pytest.mark.parametrize("point", ["criterion", "projection_head"])
+def test_preserve_norm_rescales_each_view_and_keeps_its_norm(point):
+    model = FixedEmbedding()  # the views in two calls: two hooked tensors a step
+    monitor = StepwiseMonitor(module=point, every_n_steps=1, window=32, mode_directions=3, verbose=False,
+                              save_figure=False)
+    equalizer = ModeEqualizer(alpha=1.0, max_gain=8.0)  # preserve_norm by default
+    trainer(max_steps=3, callbacks=[monitor, equalizer]).fit(model, fixed_loader())
+    x, u, gains = known_rescaling(model, equalizer)
+    n = len(x) // 2
+    for raw, weight_grad in zip(model.raw[1:], model.weight_grads[1:], strict=True):
+        expected = np.zeros_like(weight_grad.double().numpy())
+        for view, g in enumerate(raw):
+            g = g.double().numpy()
+            rescaled = g @ rescaling_matrix(u, gains)
+            shrunk = rescaled * np.linalg.norm(g) / np.linalg.norm(rescaled)
+            assert np.linalg.norm(rescaled) > 1.2 * np.linalg.norm(g)  # the shrinking is not a no-op here
+            expected += shrunk.T @ x[view * n:(view + 1) * n]
+        np.testing.assert_allclose(weight_grad.double().numpy(), expected, rtol=2e-4,
+                                   atol=2e-5 * np.abs(expected).max())
+
+
+def test_preserve_norm_must_be_a_bool():
+    with pytest.raises(TypeError, match="preserve_norm"):
+        ModeEqualizer(preserve_norm=1)  # type: ignore[arg-type]
 
 
 def state_after(callbacks: list[Any], steps: int = 6) -> dict[str, torch.Tensor]:
