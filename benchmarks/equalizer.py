@@ -209,6 +209,11 @@ def _median(values: list[float], missing: float = math.inf) -> float:
     return median if math.isfinite(median) else math.nan
 
 
+def _model_order(model: str) -> tuple[int, str]:
+    """Lines and panels in the order of ``MODELS`` (unknown names last)."""
+    return (MODELS.index(model) if model in MODELS else len(MODELS)), model
+
+
 def _design(row: dict[str, Any]) -> tuple[str, str, float, str]:
     """(model, spectrum, alpha, options): the runs a table line gathers (the options are moot at alpha 0)."""
     options = "" if row["alpha"] == 0 else f"max_gain {row.get('max_gain', 10.0):g}" + (
@@ -224,8 +229,7 @@ def table(rows: list[dict[str, Any]], ks: Sequence[int]) -> str:
         header += [f"steps to {k}", f"speed-up {k}", f"predicted {k}"]
     header += ["to the plain run's final loss", "probe top-1", "ms / step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    designs = sorted(dict.fromkeys(_design(r) for r in rows),
-                     key=lambda d: (MODELS.index(d[0]) if d[0] in MODELS else len(MODELS), d[0], d[1], d[2], d[3]))
+    designs = sorted(dict.fromkeys(_design(r) for r in rows), key=lambda d: (_model_order(d[0]), *d[1:]))
     for model, spectrum, alpha, options in designs:
         group = [r for r in rows if _design(r) == (model, spectrum, alpha, options)]
         base = [r for r in rows if _design(r)[:3] == (model, spectrum, 0)]
@@ -280,9 +284,8 @@ def plot_learned(rows: list[dict[str, Any]], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    panels = sorted(dict.fromkeys((r["model"], r["spectrum"]) for r in rows),
-                    key=lambda m: (MODELS.index(m[0]) if m[0] in MODELS else len(MODELS), *m))
-    settings = sorted({_design(r)[2:] for r in rows})  # (alpha, cap): one colour each
+    panels = sorted(dict.fromkeys((r["model"], r["spectrum"]) for r in rows), key=lambda m: (_model_order(m[0]), m[1]))
+    settings = sorted({_design(r)[2:] for r in rows})  # (alpha, options): one colour each
     colours = dict(zip(settings, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(settings))), strict=True))
     columns = min(len(panels), 3)
     rows_of_panels = -(-len(panels) // columns)

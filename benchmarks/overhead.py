@@ -236,11 +236,12 @@ def run_once(args: argparse.Namespace, mode: str, with_monitor: bool, resident: 
     if with_monitor or args.equalizer is not None:
         monitor = StepwiseMonitor(every_n_steps=args.every_n_steps, window=args.window, prog_bar=False,
                                   verbose=False)
-        clock = HookClock(monitor, timer, [(EmbeddingTap, "_on_loss_inputs"), (EmbeddingTap, "_on_module_output")])
         callbacks.append(monitor)
+        if args.equalizer is None:
+            clock = HookClock(monitor, timer, [(EmbeddingTap, "_on_loss_inputs"), (EmbeddingTap, "_on_module_output")])
     if with_monitor and args.equalizer is not None:
         equalizer = ModeEqualizer(alpha=args.equalizer)
-        clock = HookClock(equalizer, timer, [(equalizer_callback, "_rescale_hook")])  # its own cost, not the monitor's
+        clock = HookClock(equalizer, timer, [(equalizer_callback, "_rescale_hook")])
         callbacks.append(equalizer)
     trainer = pl.Trainer(
         max_steps=steps, max_epochs=-1, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,

@@ -48,7 +48,7 @@ def _is_real(value: object) -> bool:
 
 
 def check_equalizer_options(alpha: Any, max_gain: Any, update_every_n_measurements: Any = 1,
-                            warmup_steps: Any = 0, point: Any = None) -> None:
+                            warmup_steps: Any = 0, point: Any = None, preserve_norm: Any = True) -> None:
     """Raise ``TypeError``/``ValueError`` naming the parameter and the fix when an option is wrong.
 
     Examples:
@@ -87,6 +87,9 @@ def check_equalizer_options(alpha: Any, max_gain: Any, update_every_n_measuremen
     if point is not None and not isinstance(point, str):
         raise TypeError(f"ModeEqualizer(point=...) takes the name of one of the monitor's tracking points (e.g. "
                         f"'criterion') or None for its first; got a {type(point).__name__}")
+    if not isinstance(preserve_norm, bool):
+        raise TypeError(f"ModeEqualizer(preserve_norm={preserve_norm!r}): pass True (keep each gradient's norm) or "
+                        "False (the linear theory's equaliser)")
 
 
 def equalizer_gains(eigenvalues: ArrayLike, alpha: float, max_gain: float) -> np.ndarray:
@@ -160,8 +163,9 @@ def guarded_rescale(grad: Tensor, directions: Tensor, gain_offsets: Tensor, coun
     """
     rescaled = rescale_gradient(grad, directions, gain_offsets)
     if preserve_norm:
-        rescaled_norm = torch.linalg.vector_norm(rescaled.float())
-        shrink = torch.linalg.vector_norm(grad.float()) / rescaled_norm.clamp_min(torch.finfo(torch.float32).tiny)
+        rescaled_norm = torch.linalg.vector_norm(rescaled, dtype=torch.float32)
+        shrink = torch.linalg.vector_norm(grad, dtype=torch.float32) / rescaled_norm.clamp_min(
+            torch.finfo(torch.float32).tiny)
         rescaled = rescaled * shrink.clamp(max=1.0).to(rescaled.dtype)
     incoming_ok = torch.isfinite(grad).all()
     outgoing_ok = torch.isfinite(rescaled).all()

@@ -128,9 +128,7 @@ class ModeEqualizer(Callback):
         preserve_norm: bool = True,
     ) -> None:
         super().__init__()
-        check_equalizer_options(alpha, max_gain, update_every_n_measurements, warmup_steps, point)
-        if not isinstance(preserve_norm, bool):
-            raise TypeError(f"ModeEqualizer(preserve_norm={preserve_norm!r}): pass True or False")
+        check_equalizer_options(alpha, max_gain, update_every_n_measurements, warmup_steps, point, preserve_norm)
         self.preserve_norm = preserve_norm
         self.alpha = float(alpha)
         self.max_gain = float(max_gain)

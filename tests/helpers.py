@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -15,6 +19,16 @@ NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 
 def pl_namespace(name: str) -> Any:
     return importlib.import_module(name)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script (an example, a benchmark) imported as module ``name``, registered so dataclasses resolve."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class PairDataset(Dataset):

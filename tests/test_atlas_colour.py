@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "atlas_colour.py"
 
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_atlas_colour", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "example_atlas_colour")
 
 
 def test_photo_crops_are_deterministic_16px_rgb_and_differ_in_colour(example: ModuleType) -> None:

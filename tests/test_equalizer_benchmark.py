@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,17 +9,14 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "equalizer.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_equalizer", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARK, "benchmark_equalizer")
 
 
 def test_smoothed_is_a_running_mean_with_a_short_start(bench: ModuleType) -> None:
